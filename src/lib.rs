@@ -1,1 +1,7 @@
+//! spoolkeeper: declarative disaster recovery for ZFS-backed IMAP spools.
+//!
+//! The crate is layered as a functional core (spec, observed model, planner) and an
+//! imperative shell (transport, adapters, executor, controller). See
+//! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod observed;
