@@ -4,4 +4,7 @@
 //! imperative shell (transport, adapters, executor, controller). See
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod cli;
 pub mod observed;
+pub mod spec;
+pub mod summary;
