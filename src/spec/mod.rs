@@ -631,3 +631,8 @@ pub fn json_schema() -> serde_json::Value {
     let schema = generator.into_root_schema_for::<Document>();
     schema.to_value()
 }
+
+/// A spec document as YAML text (what `parse` reads back to an equal document).
+pub fn to_yaml(doc: &Document) -> Result<String, yaml_serde::Error> {
+    yaml_serde::to_string(doc)
+}

@@ -1,0 +1,55 @@
+//! `cargo xtask ci`: every check and every test, in the order that fails fastest.
+//!
+//! Lab tests (real ZFS, Postfix, Dovecot, sshd in network namespaces) need root; they run
+//! one at a time after the unit and integration tests. Set `SK_SKIP_LAB=1` to leave them
+//! out knowingly (the run then says so); without root and without that variable, ci fails.
+
+use crate::util::{cargo, is_root, run};
+
+pub fn main(args: &[String]) -> Result<(), String> {
+    let cargo = cargo();
+    let skip_lab = std::env::var("SK_SKIP_LAB").is_ok_and(|v| v == "1")
+        || args.iter().any(|a| a == "--no-lab");
+    run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
+    run(
+        "lint",
+        &cargo,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("tests", &cargo, &["test", "--workspace"])?;
+    run(
+        "fuzz target builds",
+        &cargo,
+        &["build", "--manifest-path", "xtask/fuzz/Cargo.toml"],
+    )?;
+    if skip_lab {
+        eprintln!("==> lab tests: SKIPPED (SK_SKIP_LAB=1 or --no-lab)");
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(
+            "lab tests need root (network namespaces, zfs-fuse); run as root or set SK_SKIP_LAB=1"
+                .into(),
+        );
+    }
+    run(
+        "lab tests",
+        &cargo,
+        &[
+            "test",
+            "--test",
+            "lab_*",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
+    )
+}
+
