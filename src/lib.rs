@@ -8,3 +8,4 @@ pub mod cli;
 pub mod observed;
 pub mod spec;
 pub mod summary;
+pub mod zfs;

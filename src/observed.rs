@@ -4,6 +4,8 @@
 //! reads them. Times are UTC instants (`jiff::Timestamp`), already corrected to the
 //! controller's clock where a host clock offset is known.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -23,4 +25,328 @@ pub struct Snapshot {
     pub userrefs: u32,
     /// `used`, bytes.
     pub used: u64,
+}
+
+/// Everything one `observe` run saw, keyed by node name. Stable JSON: field names are part of
+/// the user contract of `observe --output json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// When the controller started observing (controller clock).
+    pub observed_at: Timestamp,
+    /// One entry per node of the spec, in name order.
+    pub nodes: BTreeMap<String, NodeObservation>,
+    /// The archive (BCC) host, when the spec names one.
+    pub archive: Option<ArchiveObservation>,
+}
+
+/// Whether a host answered, and if not, why: the planner decides between switchover and
+/// failover on this, so an unreachable host is data, never an error that stops the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reachability {
+    /// The host answered commands.
+    Reachable,
+    /// The host could not be reached or refused us.
+    Unreachable {
+        /// The class of failure, for the planner and for monitoring.
+        kind: UnreachableKind,
+        /// The human message (from ssh or the transport).
+        message: String,
+    },
+}
+
+impl Reachability {
+    /// True when commands can be run on the host.
+    pub fn is_reachable(&self) -> bool {
+        matches!(self, Reachability::Reachable)
+    }
+}
+
+/// Why a host is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreachableKind {
+    /// No answer within the connect timeout (host down, link cut, filtered).
+    Timeout,
+    /// The TCP connection was refused (host up, no sshd).
+    Refused,
+    /// The server rejected our credentials.
+    Auth,
+    /// The server's host key is unknown or does not match known_hosts. Never accepted.
+    HostKey,
+    /// Name resolution failed.
+    Resolve,
+    /// Anything else (the message says what).
+    Other,
+}
+
+/// Which ZFS implementation a host runs: they differ in what the planner may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZfsFlavour {
+    /// The FUSE port (pool version 23): no `list -p`, no resume tokens, no bookmarks, no
+    /// comma batch destroy, `zfs holds` broken on Debian (missing pyzfs).
+    ZfsFuse,
+    /// OpenZFS (FreeBSD ≥ 13, Linux), or the older FreeBSD ZFS with feature flags.
+    OpenZfs,
+}
+
+/// What the host's `zfs` can do. Each flag is decided from command output, never assumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZfsCapabilities {
+    /// The implementation.
+    pub flavour: ZfsFlavour,
+    /// Version string where the host reports one (`zfs version`, OpenZFS ≥ 0.8).
+    pub version: Option<String>,
+    /// `zfs list -p` (exact numbers in `list`).
+    pub list_p: bool,
+    /// The `receive_resume_token` property (resumable `zfs receive -s`).
+    pub resume_tokens: bool,
+    /// `zfs bookmark`.
+    pub bookmarks: bool,
+    /// `zfs destroy pool/ds@a,b,c` (comma batch destroy) and `zfs destroy -n`.
+    pub batch_destroy: bool,
+    /// `zfs holds` works (on zfs-fuse it fails; only `userrefs` is available there).
+    pub holds_list: bool,
+}
+
+/// What the host's Postfix is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostfixCapabilities {
+    /// `mail_version`, e.g. `3.7.11`.
+    pub version: String,
+    /// `postqueue -j` (JSON lines), Postfix ≥ 3.1.
+    pub postqueue_json: bool,
+}
+
+/// Which jail runtime commands exist on the host (`$PATH` of the SSH session).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailCommands {
+    /// `ezjail-admin`.
+    pub ezjail_admin: bool,
+    /// `jls`.
+    pub jls: bool,
+    /// `jexec`.
+    pub jexec: bool,
+}
+
+/// Capabilities detected once per host per run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `None` when the host has no usable `zfs` command.
+    pub zfs: Option<ZfsCapabilities>,
+    /// `None` when the host has no usable `postconf`.
+    pub postfix: Option<PostfixCapabilities>,
+    /// Jail runtime commands present.
+    pub jail: JailCommands,
+    /// Host clock minus controller clock, milliseconds, measured around one remote `date`
+    /// call (error bound: half the round trip, reported alongside).
+    pub clock_offset_ms: Option<i64>,
+    /// Half the round trip of the clock measurement, ms: the offset's uncertainty.
+    pub clock_uncertainty_ms: Option<i64>,
+}
+
+/// The kind of a ZFS dataset (snapshots are listed under their dataset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// A filesystem.
+    Filesystem,
+    /// A zvol.
+    Volume,
+    /// Anything else the host printed (kept verbatim).
+    Other(String),
+}
+
+/// One dataset (filesystem or volume) with the properties the planner needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Full name, `pool/path`.
+    pub name: String,
+    /// `type`.
+    pub kind: DatasetKind,
+    /// `creation`.
+    pub creation: Option<Timestamp>,
+    /// `guid`.
+    pub guid: Option<u64>,
+    /// `used`, bytes.
+    pub used: Option<u64>,
+    /// `readonly`.
+    pub readonly: Option<bool>,
+    /// `mounted`.
+    pub mounted: Option<bool>,
+    /// `mountpoint` (`none`/`legacy` kept verbatim).
+    pub mountpoint: Option<String>,
+    /// `createtxg`.
+    pub createtxg: Option<u64>,
+    /// `receive_resume_token`, only where the host supports it and a receive was interrupted.
+    pub receive_resume_token: Option<String>,
+    /// User properties in the `spoolkeeper:` namespace that are set (value not `-`).
+    pub user_properties: BTreeMap<String, String>,
+    /// Any other property asked for, verbatim (`-` means not applicable, dropped).
+    pub other_properties: BTreeMap<String, String>,
+    /// Snapshots, oldest first (ordered by createtxg, then creation).
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// Run state of an instance's jail (or exec service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Serving.
+    Running,
+    /// Not running.
+    Stopped,
+    /// Could not be decided (the detail says why).
+    Unknown,
+}
+
+/// State of one instance on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// Running, stopped or unknown.
+    pub state: RunState,
+    /// The runtime's own words (ezjail status letters, jid, exit status, error).
+    pub detail: Option<String>,
+    /// ezjail `norun` flag (the jail is not started at boot); `None` when not ezjail.
+    pub norun: Option<bool>,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecipient {
+    /// Envelope recipient.
+    pub address: String,
+    /// Why delivery was deferred, where Postfix says.
+    pub delay_reason: Option<String>,
+}
+
+/// One message in a Postfix queue (`postqueue -j`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// `maildrop`, `incoming`, `active`, `deferred`, `hold` (kept verbatim).
+    pub queue_name: String,
+    /// The queue id.
+    pub queue_id: String,
+    /// When Postfix accepted it.
+    pub arrival_time: Timestamp,
+    /// Bytes.
+    pub message_size: u64,
+    /// `postsuper -f` was applied.
+    pub forced_expire: bool,
+    /// Envelope sender (`MAILER-DAEMON` for the null sender, as Postfix prints it).
+    pub sender: String,
+    /// Recipients not yet delivered.
+    pub recipients: Vec<QueueRecipient>,
+}
+
+/// What one host's Postfix looks like.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostfixObservation {
+    /// The parameters asked for, as `postconf` prints them.
+    pub settings: BTreeMap<String, String>,
+    /// The queue (all queues; filter by `queue_name`).
+    pub queue: Vec<QueueEntry>,
+}
+
+/// One node as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeObservation {
+    /// Reachable, or why not. When unreachable, everything below is empty.
+    pub reachability: Reachability,
+    /// Detected capabilities.
+    pub capabilities: Capabilities,
+    /// Datasets asked for, their descendants, and their snapshots, in listing order.
+    pub datasets: Vec<Dataset>,
+    /// Datasets asked for that do not exist on the host.
+    pub missing_datasets: Vec<String>,
+    /// Instance name → state.
+    pub instances: BTreeMap<String, InstanceState>,
+    /// Postfix on the node, when asked for.
+    pub postfix: Option<PostfixObservation>,
+    /// Commands that failed while the host was reachable (the observation is partial).
+    pub errors: Vec<String>,
+}
+
+impl NodeObservation {
+    /// An unreachable node: nothing else known.
+    pub fn unreachable(kind: UnreachableKind, message: impl Into<String>) -> Self {
+        NodeObservation {
+            reachability: Reachability::Unreachable {
+                kind,
+                message: message.into(),
+            },
+            capabilities: Capabilities::default(),
+            datasets: Vec::new(),
+            missing_datasets: Vec::new(),
+            instances: BTreeMap::new(),
+            postfix: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The dataset with this full name, if listed.
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+}
+
+/// The archive host as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveObservation {
+    /// Reachable, or why not.
+    pub reachability: Reachability,
+    /// Detected capabilities (Postfix, clock).
+    pub capabilities: Capabilities,
+    /// Postfix settings and queue; the held messages are `queue_name == "hold"`.
+    pub postfix: Option<PostfixObservation>,
+    /// Commands that failed while the host was reachable.
+    pub errors: Vec<String>,
+}
+
+impl PostfixObservation {
+    /// The messages in the hold queue.
+    pub fn held(&self) -> impl Iterator<Item = &QueueEntry> {
+        self.queue.iter().filter(|e| e.queue_name == "hold")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reachability_json_is_tagged_and_stable() {
+        let r = Reachability::Unreachable {
+            kind: UnreachableKind::HostKey,
+            message: "host key mismatch".into(),
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            j,
+            r#"{"status":"unreachable","kind":"host_key","message":"host key mismatch"}"#
+        );
+        let back: Reachability = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            serde_json::to_string(&Reachability::Reachable).unwrap(),
+            r#"{"status":"reachable"}"#
+        );
+    }
+
+    #[test]
+    fn node_roundtrips_through_json() {
+        let mut n = NodeObservation::unreachable(UnreachableKind::Timeout, "no answer in 5s");
+        n.instances.insert(
+            "students".into(),
+            InstanceState {
+                state: RunState::Unknown,
+                detail: Some("host unreachable".into()),
+                norun: None,
+            },
+        );
+        let j = serde_json::to_string(&n).unwrap();
+        let back: NodeObservation = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, n);
+    }
 }

@@ -1,0 +1,657 @@
+//! ZFS adapter: argv builders and parsers for the one listing spoolkeeper takes per node.
+//!
+//! Pure functions only: the transport runs the argv, these turn bytes into the observed model.
+//! The listing is `zfs get -Hp -r -o name,property,value <props> <datasets…>`, which both
+//! zfs-fuse and OpenZFS print identically (tab separated, exact numbers, `-` where a property
+//! does not apply). The parser streams: it never holds the whole text, only the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+
+use jiff::Timestamp;
+use thiserror::Error;
+
+use crate::observed::{Dataset, DatasetKind, Snapshot, ZfsCapabilities, ZfsFlavour};
+
+/// The user-property namespace spoolkeeper owns.
+pub const USER_NAMESPACE: &str = "spoolkeeper:";
+
+/// Properties every listing asks for (both flavours have them).
+pub const BASE_PROPERTIES: &[&str] = &[
+    "type",
+    "creation",
+    "guid",
+    "used",
+    "userrefs",
+    "readonly",
+    "mounted",
+    "mountpoint",
+    "createtxg",
+];
+
+/// Errors from parsing ZFS output.
+#[derive(Debug, Error)]
+pub enum ZfsError {
+    /// A line did not have the expected shape.
+    #[error("zfs output line {line}: {reason}; was the listing produced by `zfs get -Hp -o name,property,value`?")]
+    Malformed {
+        /// 1-based line number.
+        line: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Reading the stream failed.
+    #[error("reading zfs output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The property list for the listing on a host with these capabilities: the base set,
+/// `receive_resume_token` where it exists (zfs-fuse rejects the whole command otherwise),
+/// the user properties and any extra property asked for, without duplicates.
+pub fn listing_properties(
+    caps: Option<&ZfsCapabilities>,
+    user_properties: &[&str],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut out: Vec<String> = BASE_PROPERTIES.iter().map(|s| s.to_string()).collect();
+    if caps.is_some_and(|c| c.resume_tokens) {
+        out.push("receive_resume_token".into());
+    }
+    for p in user_properties.iter().chain(extra) {
+        if !out.iter().any(|o| o == p) {
+            out.push((*p).to_string());
+        }
+    }
+    out
+}
+
+/// `zfs get -Hp -r -o name,property,value <props> <datasets…>`.
+pub fn listing_argv(properties: &[String], datasets: &[String]) -> Vec<String> {
+    let mut argv: Vec<String> = ["zfs", "get", "-Hp", "-r", "-o", "name,property,value"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.push(properties.join(","));
+    argv.extend(datasets.iter().cloned());
+    argv
+}
+
+/// Datasets named in `cannot open 'X': dataset does not exist` lines of `zfs get` stderr.
+/// `zfs get` on several datasets lists those that exist and exits 1; these are the absent ones.
+pub fn missing_datasets(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("dataset does not exist"))
+        .filter_map(|l| {
+            let start = l.find('\'')? + 1;
+            let end = start + l[start..].find('\'')?;
+            Some(l[start..end].to_string())
+        })
+        .collect()
+}
+
+/// True when every stderr line of a failed `zfs get` is a missing-dataset line, i.e. the
+/// listing that was printed is complete for the datasets that exist.
+pub fn only_missing_datasets(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.contains("dataset does not exist"))
+}
+
+/// Stream-parse a `zfs get -Hp -r -o name,property,value` listing.
+pub fn parse_listing<R: Read>(reader: R) -> Result<Vec<Dataset>, ZfsError> {
+    let mut parser = ListingParser::default();
+    for_each_line(reader, |no, line| parser.line(no, line))?;
+    parser.finish()
+}
+
+/// Parse a listing already in memory.
+pub fn parse_listing_bytes(bytes: &[u8]) -> Result<Vec<Dataset>, ZfsError> {
+    parse_listing(bytes)
+}
+
+/// Call `f` for each line (without `\n`, 1-based number) of a stream, reading in large
+/// chunks and never copying a line except when it straddles two chunks.
+pub fn for_each_line<R: Read, F>(mut reader: R, mut f: F) -> Result<(), ZfsError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), ZfsError>,
+{
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut start = 0usize; // first unconsumed byte
+    let mut end = 0usize; // end of valid data
+    let mut line_no = 0u64;
+    loop {
+        if start > 0 && start == end {
+            start = 0;
+            end = 0;
+        }
+        if end == buf.len() {
+            if start > 0 {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            } else {
+                // A single line longer than the buffer: grow.
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        let n = match reader.read(&mut buf[end..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            if start < end {
+                line_no += 1;
+                f(line_no, &buf[start..end])?;
+            }
+            return Ok(());
+        }
+        let scan_from = end;
+        end += n;
+        let mut pos = scan_from;
+        while let Some(i) = find_byte(b'\n', &buf[pos..end]) {
+            let nl = pos + i;
+            line_no += 1;
+            f(line_no, &buf[start..nl])?;
+            start = nl + 1;
+            pos = start;
+        }
+    }
+}
+
+/// Position of `needle` in `hay`, scanning a word at a time (no dependency on `memchr`).
+#[inline]
+pub fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let rep = LO.wrapping_mul(needle as u64);
+    let mut i = 0;
+    let (chunks, _) = hay.as_chunks::<8>();
+    for c in chunks {
+        let w = u64::from_le_bytes(*c) ^ rep;
+        let z = w.wrapping_sub(LO) & !w & HI;
+        if z != 0 {
+            return Some(i + (z.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&b| b == needle).map(|p| p + i)
+}
+
+/// Which object the current run of lines describes.
+#[derive(Default)]
+enum Current {
+    #[default]
+    None,
+    Dataset(Dataset),
+    Snapshot(SnapAcc),
+}
+
+#[derive(Default)]
+struct SnapAcc {
+    /// Index of the parent dataset in `datasets`.
+    parent: usize,
+    name: String,
+    guid: Option<u64>,
+    creation: Option<Timestamp>,
+    createtxg: Option<u64>,
+    userrefs: u32,
+    used: u64,
+    first_line: u64,
+}
+
+#[derive(Default)]
+struct ListingParser {
+    datasets: Vec<Dataset>,
+    index: HashMap<String, usize>,
+    /// The full name of the object being accumulated (`pool/ds` or `pool/ds@snap`).
+    cur_name: Vec<u8>,
+    cur: Current,
+}
+
+fn malformed(line: u64, reason: impl Into<String>) -> ZfsError {
+    ZfsError::Malformed {
+        line,
+        reason: reason.into(),
+    }
+}
+
+fn parse_u64(line: u64, prop: &str, v: &[u8]) -> Result<Option<u64>, ZfsError> {
+    if v == b"-" {
+        return Ok(None);
+    }
+    if v.is_empty() || v.len() > 20 {
+        return Err(malformed(line, format!("{prop}: not a number")));
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return Err(malformed(
+                line,
+                format!(
+                    "{prop}: {:?} is not an exact number (use -p)",
+                    String::from_utf8_lossy(v)
+                ),
+            ));
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or_else(|| malformed(line, format!("{prop}: number too large")))?;
+    }
+    Ok(Some(n))
+}
+
+fn parse_time(line: u64, v: &[u8]) -> Result<Option<Timestamp>, ZfsError> {
+    match parse_u64(line, "creation", v)? {
+        None => Ok(None),
+        Some(s) => {
+            let s = i64::try_from(s).map_err(|_| malformed(line, "creation out of range"))?;
+            Timestamp::from_second(s)
+                .map(Some)
+                .map_err(|e| malformed(line, format!("creation: {e}")))
+        }
+    }
+}
+
+fn parse_bool(v: &[u8]) -> Option<bool> {
+    match v {
+        b"on" | b"yes" => Some(true),
+        b"off" | b"no" => Some(false),
+        _ => None,
+    }
+}
+
+fn text(line: u64, v: &[u8]) -> Result<String, ZfsError> {
+    std::str::from_utf8(v)
+        .map(str::to_owned)
+        .map_err(|_| malformed(line, "value is not UTF-8"))
+}
+
+fn empty_dataset(name: String) -> Dataset {
+    Dataset {
+        name,
+        kind: DatasetKind::Other(String::new()),
+        creation: None,
+        guid: None,
+        used: None,
+        readonly: None,
+        mounted: None,
+        mountpoint: None,
+        createtxg: None,
+        receive_resume_token: None,
+        user_properties: BTreeMap::new(),
+        other_properties: BTreeMap::new(),
+        snapshots: Vec::new(),
+    }
+}
+
+impl ListingParser {
+    fn line(&mut self, no: u64, line: &[u8]) -> Result<(), ZfsError> {
+        if line.is_empty() {
+            return Ok(());
+        }
+        let t1 = find_byte(b'\t', line).ok_or_else(|| malformed(no, "no tab"))?;
+        let name = &line[..t1];
+        let rest = &line[t1 + 1..];
+        let t2 = find_byte(b'\t', rest).ok_or_else(|| malformed(no, "only one tab"))?;
+        let prop = &rest[..t2];
+        let value = &rest[t2 + 1..];
+        if name != self.cur_name.as_slice() {
+            self.flush()?;
+            self.start(no, name)?;
+        }
+        match &mut self.cur {
+            Current::None => Ok(()), // bookmarks and other ignored objects
+            Current::Snapshot(s) => match prop {
+                b"guid" => {
+                    s.guid = parse_u64(no, "guid", value)?;
+                    Ok(())
+                }
+                b"creation" => {
+                    s.creation = parse_time(no, value)?;
+                    Ok(())
+                }
+                b"createtxg" => {
+                    s.createtxg = parse_u64(no, "createtxg", value)?;
+                    Ok(())
+                }
+                b"userrefs" => {
+                    let n = parse_u64(no, "userrefs", value)?.unwrap_or(0);
+                    s.userrefs = u32::try_from(n).unwrap_or(u32::MAX);
+                    Ok(())
+                }
+                b"used" => {
+                    s.used = parse_u64(no, "used", value)?.unwrap_or(0);
+                    Ok(())
+                }
+                b"type" => {
+                    if value != b"snapshot" {
+                        return Err(malformed(no, "name has '@' but type is not snapshot"));
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+            Current::Dataset(d) => {
+                match prop {
+                    b"type" => {
+                        d.kind = match value {
+                            b"filesystem" => DatasetKind::Filesystem,
+                            b"volume" => DatasetKind::Volume,
+                            other => DatasetKind::Other(text(no, other)?),
+                        }
+                    }
+                    b"creation" => d.creation = parse_time(no, value)?,
+                    b"guid" => d.guid = parse_u64(no, "guid", value)?,
+                    b"used" => d.used = parse_u64(no, "used", value)?,
+                    b"createtxg" => d.createtxg = parse_u64(no, "createtxg", value)?,
+                    b"readonly" => d.readonly = parse_bool(value),
+                    b"mounted" => d.mounted = parse_bool(value),
+                    b"mountpoint" => {
+                        if value != b"-" {
+                            d.mountpoint = Some(text(no, value)?)
+                        }
+                    }
+                    b"receive_resume_token" => {
+                        if value != b"-" {
+                            d.receive_resume_token = Some(text(no, value)?)
+                        }
+                    }
+                    b"userrefs" => {}
+                    _ => {
+                        if value != b"-" {
+                            let p = text(no, prop)?;
+                            let v = text(no, value)?;
+                            if p.starts_with(USER_NAMESPACE) {
+                                d.user_properties.insert(p, v);
+                            } else {
+                                d.other_properties.insert(p, v);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start(&mut self, no: u64, name: &[u8]) -> Result<(), ZfsError> {
+        self.cur_name.clear();
+        self.cur_name.extend_from_slice(name);
+        if find_byte(b'#', name).is_some() {
+            self.cur = Current::None;
+            return Ok(());
+        }
+        if let Some(at) = find_byte(b'@', name) {
+            let parent = &name[..at];
+            let idx = match self.datasets.last() {
+                Some(d) if d.name.as_bytes() == parent => self.datasets.len() - 1,
+                _ => {
+                    let p = text(no, parent)?;
+                    match self.index.get(&p) {
+                        Some(&i) => i,
+                        None => {
+                            return Err(malformed(
+                                no,
+                                format!("snapshot of {p} listed before {p} itself"),
+                            ));
+                        }
+                    }
+                }
+            };
+            self.cur = Current::Snapshot(SnapAcc {
+                parent: idx,
+                name: text(no, &name[at + 1..])?,
+                first_line: no,
+                ..SnapAcc::default()
+            });
+        } else {
+            self.cur = Current::Dataset(empty_dataset(text(no, name)?));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ZfsError> {
+        match std::mem::take(&mut self.cur) {
+            Current::None => {}
+            Current::Dataset(d) => {
+                self.index.insert(d.name.clone(), self.datasets.len());
+                self.datasets.push(d);
+            }
+            Current::Snapshot(s) => {
+                let guid = s.guid.ok_or_else(|| {
+                    malformed(s.first_line, format!("snapshot {} has no guid", s.name))
+                })?;
+                let creation = s.creation.ok_or_else(|| {
+                    malformed(s.first_line, format!("snapshot {} has no creation", s.name))
+                })?;
+                // `parent` always indexes `datasets`: it was looked up there in `start`.
+                if let Some(d) = self.datasets.get_mut(s.parent) {
+                    d.snapshots.push(Snapshot {
+                        name: s.name,
+                        guid,
+                        creation,
+                        createtxg: s.createtxg,
+                        userrefs: s.userrefs,
+                        used: s.used,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Dataset>, ZfsError> {
+        self.flush()?;
+        for d in &mut self.datasets {
+            sort_snapshots(&mut d.snapshots);
+        }
+        Ok(self.datasets)
+    }
+}
+
+/// Order snapshots oldest first: by createtxg (exact), then creation (seconds).
+pub fn sort_snapshots(snaps: &mut [Snapshot]) {
+    let key = |s: &Snapshot| (s.createtxg, s.creation);
+    if snaps.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+        return;
+    }
+    snaps.sort_by_key(key);
+}
+
+/// `zfs holds -H <snap…>` argv vectors, at most `batch` snapshots each (full names).
+/// Ask only for the snapshots the planner needs: `zfs holds` is slow on many snapshots.
+pub fn holds_argvs(snapshots: &[String], batch: usize) -> Vec<Vec<String>> {
+    snapshots
+        .chunks(batch.max(1))
+        .map(|c| {
+            let mut v = vec!["zfs".to_string(), "holds".into(), "-H".into()];
+            v.extend(c.iter().cloned());
+            v
+        })
+        .collect()
+}
+
+/// Parse `zfs holds -H`: `name<TAB>tag<TAB>timestamp` → full snapshot name → tags.
+pub fn parse_holds(out: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in out.lines() {
+        let mut f = l.split('\t');
+        if let (Some(name), Some(tag)) = (f.next(), f.next()) {
+            if !name.is_empty() && !tag.is_empty() {
+                m.entry(name.to_string()).or_default().push(tag.to_string());
+            }
+        }
+    }
+    m
+}
+
+/// Decide ZFS capabilities from `zfs version` (status, stdout+stderr) and the usage text
+/// `zfs` prints when run without arguments (stderr). Pure.
+///
+/// OpenZFS ≥ 0.8 answers `zfs version`; older FreeBSD ZFS does not but lists `bookmark` in
+/// its usage; zfs-fuse has neither.
+pub fn detect_capabilities(
+    version_ok: bool,
+    version_out: &str,
+    usage: &str,
+) -> Option<ZfsCapabilities> {
+    let looks_like_zfs = usage.contains("usage: zfs") || version_ok;
+    if !looks_like_zfs {
+        return None;
+    }
+    let version = if version_ok {
+        version_out
+            .lines()
+            .next()
+            .map(|l| l.trim().trim_start_matches("zfs-").to_string())
+            .filter(|s| !s.is_empty())
+    } else {
+        None
+    };
+    let line_with = |cmd: &str| -> Vec<&str> {
+        usage
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(cmd))
+            .collect()
+    };
+    let bookmarks = !line_with("bookmark ").is_empty();
+    let list_p = line_with("list ")
+        .iter()
+        .any(|l| l.split(']').next().is_some_and(|f| f.contains('p')));
+    let resume_tokens = line_with("receive ")
+        .iter()
+        .any(|l| l.contains("-A"));
+    let batch_destroy = line_with("destroy ").iter().any(|l| l.contains("[,...]"));
+    let holds_list = line_with("holds ").iter().any(|l| has_flag(l, 'H'));
+    let flavour = if version_ok || bookmarks {
+        ZfsFlavour::OpenZfs
+    } else {
+        ZfsFlavour::ZfsFuse
+    };
+    Some(ZfsCapabilities {
+        flavour,
+        version,
+        list_p,
+        resume_tokens,
+        bookmarks,
+        batch_destroy,
+        holds_list,
+    })
+}
+
+/// True when the first `[-…]` group of a usage line contains flag `c`.
+fn has_flag(usage_line: &str, c: char) -> bool {
+    usage_line
+        .split('[')
+        .skip(1)
+        .filter_map(|g| g.strip_prefix('-'))
+        .map(|g| g.split(']').next().unwrap_or(""))
+        .any(|g| g.chars().all(|ch| ch.is_ascii_alphabetic()) && g.contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_byte_matches_naive_search() {
+        let hay: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        for needle in [0u8, 7, 9, 10, 250, 255] {
+            for start in 0..20 {
+                let h = &hay[start..];
+                assert_eq!(
+                    find_byte(needle, h),
+                    h.iter().position(|&b| b == needle),
+                    "needle {needle} start {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lines_straddling_reads_are_whole() {
+        // A reader that returns one byte at a time exercises every chunk boundary.
+        struct OneByte<'a>(&'a [u8]);
+        impl Read for OneByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() || buf.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let mut got = Vec::new();
+        for_each_line(OneByte(b"a\tb\tc\n\nlast"), |n, l| {
+            got.push((n, l.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (1, b"a\tb\tc".to_vec()),
+                (2, b"".to_vec()),
+                (3, b"last".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn human_numbers_are_rejected() {
+        let err = parse_listing_bytes(b"p/a\tused\t161M\n").unwrap_err();
+        assert!(err.to_string().contains("use -p"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_before_its_dataset_is_an_error() {
+        let err = parse_listing_bytes(b"p/a@s\tguid\t1\n").unwrap_err();
+        assert!(err.to_string().contains("listed before"), "{err}");
+    }
+
+    #[test]
+    fn snapshots_are_ordered_by_txg_then_creation() {
+        let text = "p/a\ttype\tfilesystem\n\
+                    p/a@late\tguid\t1\np/a@late\tcreation\t100\np/a@late\tcreatetxg\t9\n\
+                    p/a@early\tguid\t2\np/a@early\tcreation\t100\np/a@early\tcreatetxg\t3\n";
+        let ds = parse_listing_bytes(text.as_bytes()).unwrap();
+        let names: Vec<_> = ds[0].snapshots.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["early", "late"]);
+    }
+
+    #[test]
+    fn properties_list_leaves_out_resume_token_without_capability() {
+        let p = listing_properties(None, &["spoolkeeper:role"], &["type", "compression"]);
+        assert!(!p.iter().any(|x| x == "receive_resume_token"));
+        assert_eq!(p.iter().filter(|x| *x == "type").count(), 1);
+        assert!(p.iter().any(|x| x == "compression"));
+        let argv = listing_argv(&p, &["zdata/imap/students".into()]);
+        assert_eq!(&argv[..6], ["zfs", "get", "-Hp", "-r", "-o", "name,property,value"]);
+        assert_eq!(argv.last().map(String::as_str), Some("zdata/imap/students"));
+    }
+
+    #[test]
+    fn missing_dataset_names_are_extracted() {
+        let e = "cannot open 'skpool/does-not-exist': dataset does not exist\n";
+        assert_eq!(missing_datasets(e), ["skpool/does-not-exist"]);
+        assert!(only_missing_datasets(e));
+        assert!(!only_missing_datasets("internal error: out of memory\n"));
+    }
+
+    #[test]
+    fn holds_are_batched_and_parsed() {
+        let snaps: Vec<String> = (0..5).map(|i| format!("p/a@s{i}")).collect();
+        let v = holds_argvs(&snaps, 2);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], ["zfs", "holds", "-H", "p/a@s4"]);
+        let h = parse_holds("p/a@s1\tkeep\tThu Jan  4 10:00 2024\np/a@s1\tsk\tThu Jan  4 10:00 2024\n");
+        assert_eq!(h["p/a@s1"], ["keep", "sk"]);
+    }
+}
