@@ -5,3 +5,4 @@
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
 pub mod observed;
+pub mod retention;
