@@ -5,4 +5,5 @@
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
 pub mod observed;
+pub mod replication;
 pub mod retention;
