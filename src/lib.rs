@@ -7,3 +7,4 @@
 pub mod observed;
 pub mod replication;
 pub mod retention;
+pub mod rpo;
