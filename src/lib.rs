@@ -6,6 +6,9 @@
 
 pub mod cli;
 pub mod observed;
+pub mod replication;
+pub mod retention;
+pub mod rpo;
 pub mod spec;
 pub mod summary;
 pub mod zfs;
