@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, AddressTemplate, is_domain};
 pub use index::Pos;
+pub use crate::retention::Keep;
 pub use units::{Duration, Size, UnitError};
 
 /// The only `apiVersion` this build reads.
@@ -293,22 +294,6 @@ pub struct Snapshots {
     /// A longer retention for the passive node's replica, if wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_passive: Option<Keep>,
-}
-
-/// How many of the newest hourly, daily, ISO-weekly, monthly and yearly snapshots to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Keep {
-    #[serde(default)]
-    pub hourly: u32,
-    #[serde(default)]
-    pub daily: u32,
-    #[serde(default)]
-    pub weekly: u32,
-    #[serde(default)]
-    pub monthly: u32,
-    #[serde(default)]
-    pub yearly: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
