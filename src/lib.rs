@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod observed;
+pub mod plan;
 pub mod replication;
 pub mod retention;
 pub mod rpo;

@@ -33,7 +33,9 @@ pub const BASE_PROPERTIES: &[&str] = &[
 #[derive(Debug, Error)]
 pub enum ZfsError {
     /// A line did not have the expected shape.
-    #[error("zfs output line {line}: {reason}; was the listing produced by `zfs get -Hp -o name,property,value`?")]
+    #[error(
+        "zfs output line {line}: {reason}; was the listing produced by `zfs get -Hp -o name,property,value`?"
+    )]
     Malformed {
         /// 1-based line number.
         line: u64,
@@ -524,9 +526,7 @@ pub fn detect_capabilities(
     let list_p = line_with("list ")
         .iter()
         .any(|l| l.split(']').next().is_some_and(|f| f.contains('p')));
-    let resume_tokens = line_with("receive ")
-        .iter()
-        .any(|l| l.contains("-A"));
+    let resume_tokens = line_with("receive ").iter().any(|l| l.contains("-A"));
     let batch_destroy = line_with("destroy ").iter().any(|l| l.contains("[,...]"));
     let holds_list = line_with("holds ").iter().any(|l| has_flag(l, 'H'));
     let flavour = if version_ok || bookmarks {
@@ -633,7 +633,10 @@ mod tests {
         assert_eq!(p.iter().filter(|x| *x == "type").count(), 1);
         assert!(p.iter().any(|x| x == "compression"));
         let argv = listing_argv(&p, &["zdata/imap/students".into()]);
-        assert_eq!(&argv[..6], ["zfs", "get", "-Hp", "-r", "-o", "name,property,value"]);
+        assert_eq!(
+            &argv[..6],
+            ["zfs", "get", "-Hp", "-r", "-o", "name,property,value"]
+        );
         assert_eq!(argv.last().map(String::as_str), Some("zdata/imap/students"));
     }
 
@@ -651,7 +654,8 @@ mod tests {
         let v = holds_argvs(&snaps, 2);
         assert_eq!(v.len(), 3);
         assert_eq!(v[2], ["zfs", "holds", "-H", "p/a@s4"]);
-        let h = parse_holds("p/a@s1\tkeep\tThu Jan  4 10:00 2024\np/a@s1\tsk\tThu Jan  4 10:00 2024\n");
+        let h =
+            parse_holds("p/a@s1\tkeep\tThu Jan  4 10:00 2024\np/a@s1\tsk\tThu Jan  4 10:00 2024\n");
         assert_eq!(h["p/a@s1"], ["keep", "sk"]);
     }
 }

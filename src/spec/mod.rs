@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::retention::Keep;
 pub use address::{AddressError, AddressTemplate, is_domain};
 pub use index::Pos;
-pub use crate::retention::Keep;
 pub use units::{Duration, Size, UnitError};
 
 /// The only `apiVersion` this build reads.

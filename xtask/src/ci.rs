@@ -52,4 +52,3 @@ pub fn main(args: &[String]) -> Result<(), String> {
         ],
     )
 }
-

@@ -4,16 +4,28 @@ use crate::util::{cargo, run};
 
 pub fn main(_args: &[String]) -> Result<(), String> {
     let cargo = cargo();
-    run("build", &cargo, &["build", "--quiet", "--bin", "spoolkeeper"])?;
+    run(
+        "build",
+        &cargo,
+        &["build", "--quiet", "--bin", "spoolkeeper"],
+    )?;
     for spec in ["examples/univ.yaml", "examples/lab.yaml"] {
         if crate::util::root().join(spec).exists() {
             run(
                 &format!("validate {spec}"),
                 &cargo,
-                &["run", "--quiet", "--bin", "spoolkeeper", "--", "validate", "-f", spec],
+                &[
+                    "run",
+                    "--quiet",
+                    "--bin",
+                    "spoolkeeper",
+                    "--",
+                    "validate",
+                    "-f",
+                    spec,
+                ],
             )?;
         }
     }
     Ok(())
 }
-

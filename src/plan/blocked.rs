@@ -1,0 +1,132 @@
+//! Safety rules that stop a plan, as typed values.
+//!
+//! A rule that fires produces a [`Blocked`] instead of actions: the operator's message, the
+//! JSON plan and the exit code (3) all come from this one value (zrepl's typed conflicts).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::replication::Conflict;
+
+/// Why (part of) a plan cannot run, with what the operator can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Blocked {
+    /// The spec's active node cannot be reached: nothing can be started or checked there.
+    ActiveUnreachable { node: String, why: String },
+    /// An instance would be started on the active node while another node that may still
+    /// run it cannot be seen: an unreachable node is not a fenced node (never two actives).
+    OtherNodeNotFenced {
+        instance: String,
+        node: String,
+        why: String,
+    },
+    /// The instance's state on a node could not be read, so starting or stopping it
+    /// elsewhere could make two actives.
+    InstanceStateUnknown {
+        instance: String,
+        node: String,
+        detail: String,
+    },
+    /// The active node has no dataset for the instance but another node has one: creating
+    /// an empty dataset would start the instance without its mail.
+    DataOnOtherNode {
+        instance: String,
+        active: String,
+        holder: String,
+        dataset: String,
+    },
+    /// The dataset could not be observed on a reachable node (a command failed).
+    ObservationIncomplete { node: String, errors: Vec<String> },
+    /// Replication of an instance is refused (diverged replica, no common snapshot, …).
+    Replication {
+        instance: String,
+        node: String,
+        conflict: Conflict,
+    },
+}
+
+impl Blocked {
+    /// A stable machine name for JSON and metrics.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Blocked::ActiveUnreachable { .. } => "active_unreachable",
+            Blocked::OtherNodeNotFenced { .. } => "other_node_not_fenced",
+            Blocked::InstanceStateUnknown { .. } => "instance_state_unknown",
+            Blocked::DataOnOtherNode { .. } => "data_on_other_node",
+            Blocked::ObservationIncomplete { .. } => "observation_incomplete",
+            Blocked::Replication { .. } => "replication_conflict",
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn remedy(&self) -> String {
+        match self {
+            Blocked::ActiveUnreachable { node, .. } => format!(
+                "bring {node} back, or make another node active in the spec (failover) once {node} is fenced"
+            ),
+            Blocked::OtherNodeNotFenced { node, .. } => format!(
+                "bring {node} back so spoolkeeper can stop the instance there, or fence it: configure `fencing.command`, or power it off and list it under `fenced: [{node}]`"
+            ),
+            Blocked::InstanceStateUnknown { node, instance, .. } => {
+                format!("check the runtime of {instance} on {node} (status command) and run again")
+            }
+            Blocked::DataOnOtherNode { holder, .. } => format!(
+                "the mail is on {holder}: set `active: {holder}` to serve it there, or move it with a switchover; spoolkeeper never starts an instance on an empty dataset while its data exists elsewhere"
+            ),
+            Blocked::ObservationIncomplete { node, .. } => {
+                format!("fix the failing commands on {node} (see the errors) and run again")
+            }
+            Blocked::Replication { conflict, .. } => conflict.operator_message(),
+        }
+    }
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::ActiveUnreachable { node, why } => {
+                write!(f, "active node {node} is unreachable ({why})")
+            }
+            Blocked::OtherNodeNotFenced {
+                instance,
+                node,
+                why,
+            } => write!(
+                f,
+                "cannot start {instance}: {node} is unreachable ({why}) and not fenced, it may still run {instance}"
+            ),
+            Blocked::InstanceStateUnknown {
+                instance,
+                node,
+                detail,
+            } => write!(f, "state of {instance} on {node} is unknown ({detail})"),
+            Blocked::DataOnOtherNode {
+                instance,
+                active,
+                holder,
+                dataset,
+            } => write!(
+                f,
+                "{instance}: {active} has no {dataset} but {holder} has it"
+            ),
+            Blocked::ObservationIncomplete { node, errors } => {
+                write!(
+                    f,
+                    "observation of {node} is incomplete: {}",
+                    errors.join("; ")
+                )
+            }
+            Blocked::Replication {
+                instance,
+                node,
+                conflict,
+            } => write!(
+                f,
+                "replication of {instance} to {node} refused: {}",
+                conflict.kind()
+            ),
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Planner tables and properties. Data in, decision out: no host, no clock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+use super::*;
+use crate::observed::{
+    Capabilities, Dataset, DatasetKind, InstanceState, NodeObservation, Observation, Reachability,
+    RunState, UnreachableKind,
+};
+use crate::spec::{self, Spec};
+
+const SPEC: &str = r#"apiVersion: spoolkeeper/v1
+kind: SpoolCluster
+metadata: { name: t }
+spec:
+  active: node-a
+  nodes:
+    node-a: { ssh: { host: a }, pool: zdata }
+    node-b: { ssh: { host: b }, pool: zdata }
+    node-c: { ssh: { host: c }, pool: tank }
+  instances:
+    students:
+      dataset: imap/students
+      runtime: { kind: ezjail, jail: imap-students }
+      properties: { compression: lz4, quota: 80T }
+      domains: [students.lab]
+    staff:
+      dataset: imap/staff
+      runtime: { kind: ezjail, jail: imap-staff }
+      domains: [staff.lab]
+  snapshots: { prefix: sk, every: 1h, keep: { hourly: 24 } }
+  replication: { every: 1h, rpo: 24h }
+"#;
+
+fn spec_with(active: &str, fenced: &[&str]) -> Spec {
+    let mut text = SPEC.replace("active: node-a", &format!("active: {active}"));
+    if !fenced.is_empty() {
+        text.push_str(&format!("  fenced: [{}]\n", fenced.join(", ")));
+    }
+    spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap()
+}
+
+fn now() -> Timestamp {
+    "2026-11-28T12:00:00Z".parse().unwrap()
+}
+
+fn reachable() -> NodeObservation {
+    let mut n = NodeObservation::unreachable(UnreachableKind::Other, "");
+    n.reachability = Reachability::Reachable;
+    n.capabilities = Capabilities::default();
+    n
+}
+
+fn dataset(name: &str, readonly: bool, mounted: bool, props: &[(&str, &str)]) -> Dataset {
+    Dataset {
+        name: name.into(),
+        kind: DatasetKind::Filesystem,
+        creation: None,
+        guid: Some(1),
+        used: Some(1),
+        readonly: Some(readonly),
+        mounted: Some(mounted),
+        mountpoint: Some(format!("/{name}")),
+        createtxg: None,
+        receive_resume_token: None,
+        user_properties: BTreeMap::new(),
+        other_properties: props
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        snapshots: Vec::new(),
+    }
+}
+
+fn state(s: RunState) -> InstanceState {
+    InstanceState {
+        state: s,
+        detail: None,
+        norun: None,
+    }
+}
+
+fn obs(nodes: Vec<(&str, NodeObservation)>) -> Observation {
+    Observation {
+        observed_at: now(),
+        nodes: nodes.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        archive: None,
+    }
+}
+
+/// A converged three-node cluster with node-a active.
+fn converged() -> Observation {
+    let mut a = reachable();
+    a.datasets = vec![
+        dataset(
+            "zdata/imap/students",
+            false,
+            true,
+            &[("compression", "lz4"), ("quota", "87960930222080")],
+        ),
+        dataset("zdata/imap/staff", false, true, &[]),
+    ];
+    a.instances
+        .insert("students".into(), state(RunState::Running));
+    a.instances.insert("staff".into(), state(RunState::Running));
+    let mut b = reachable();
+    b.datasets = vec![
+        dataset("zdata/imap/students", true, false, &[]),
+        dataset("zdata/imap/staff", true, false, &[]),
+    ];
+    b.instances
+        .insert("students".into(), state(RunState::Stopped));
+    b.instances.insert("staff".into(), state(RunState::Stopped));
+    let mut c = reachable();
+    c.instances
+        .insert("students".into(), state(RunState::Stopped));
+    c.instances.insert("staff".into(), state(RunState::Stopped));
+    obs(vec![("node-a", a), ("node-b", b), ("node-c", c)])
+}
+
+fn kinds(p: &Plan) -> Vec<String> {
+    p.actions().iter().map(|a| a.id.clone()).collect()
+}
+
+#[test]
+fn a_converged_cluster_plans_nothing() {
+    let p = plan(
+        &spec_with("node-a", &[]),
+        &converged(),
+        now(),
+        &Context::default(),
+    );
+    assert!(p.is_empty(), "{}", render::text(&p));
+    assert!(render::text(&p).contains("No changes"));
+}
+
+#[test]
+fn a_fresh_active_gets_datasets_then_the_instances() {
+    let mut o = converged();
+    let a = o.nodes.get_mut("node-a").unwrap();
+    a.datasets.clear();
+    a.missing_datasets = vec!["zdata/imap/students".into(), "zdata/imap/staff".into()];
+    a.instances
+        .insert("students".into(), state(RunState::Stopped));
+    a.instances.insert("staff".into(), state(RunState::Stopped));
+    let b = o.nodes.get_mut("node-b").unwrap();
+    b.datasets.clear();
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert_eq!(
+        kinds(&p),
+        vec![
+            "node-a:create_dataset:zdata/imap/staff",
+            "node-a:start_instance:staff",
+            "node-a:create_dataset:zdata/imap/students",
+            "node-a:start_instance:students",
+        ]
+    );
+    let create = &p.actions()[2];
+    assert_eq!(
+        create.kind,
+        ActionKind::CreateDataset {
+            dataset: "zdata/imap/students".into(),
+            properties: [("compression", "lz4"), ("quota", "80T")]
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        }
+    );
+}
+
+#[test]
+fn drifted_properties_are_set_and_sizes_compare_by_value() {
+    let mut o = converged();
+    let d = &mut o.nodes.get_mut("node-a").unwrap().datasets[0];
+    d.other_properties
+        .insert("compression".into(), "off".into());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert_eq!(kinds(&p), vec!["node-a:set_properties:zdata/imap/students"]);
+    assert!(p.actions()[0].reason.contains("compression is off"));
+}
+
+#[test]
+fn a_running_passive_is_stopped_before_anything_is_made_writable() {
+    let mut o = converged();
+    let a = o.nodes.get_mut("node-a").unwrap();
+    a.instances.insert("staff".into(), state(RunState::Stopped));
+    a.datasets[1].readonly = Some(true);
+    let b = o.nodes.get_mut("node-b").unwrap();
+    b.instances.insert("staff".into(), state(RunState::Running));
+    b.datasets[1].readonly = Some(false);
+    b.datasets[1].mounted = Some(true);
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let ids = kinds(&p);
+    let pos = |k: &str| ids.iter().position(|i| i == k).unwrap();
+    assert!(pos("node-b:stop_instance:staff") < pos("node-a:set_readonly:zdata/imap/staff"));
+    assert!(pos("node-b:stop_instance:staff") < pos("node-a:start_instance:staff"));
+    assert!(pos("node-b:stop_instance:staff") < pos("node-b:unmount:zdata/imap/staff"));
+    assert!(pos("node-b:unmount:zdata/imap/staff") < pos("node-b:set_readonly:zdata/imap/staff"));
+}
+
+#[test]
+fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
+    let mut o = converged();
+    o.nodes.insert(
+        "node-b".into(),
+        NodeObservation::unreachable(UnreachableKind::Timeout, "no answer in 5s"),
+    );
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert!(!p.is_blocked(), "{}", render::text(&p));
+    assert!(p.notes.iter().any(|n| n.contains("node-b is unreachable")));
+
+    o.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .instances
+        .insert("staff".into(), state(RunState::Stopped));
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert!(p.blocked.iter().any(|b| matches!(b, Blocked::OtherNodeNotFenced { node, instance, .. } if node == "node-b" && instance == "staff")));
+    assert!(!kinds(&p).iter().any(|k| k.contains("start_instance:staff")));
+
+    // Fenced by the operator: the start goes ahead.
+    let p = plan(
+        &spec_with("node-a", &["node-b"]),
+        &o,
+        now(),
+        &Context::default(),
+    );
+    assert!(!p.is_blocked(), "{}", render::text(&p));
+    assert!(kinds(&p).contains(&"node-a:start_instance:staff".to_string()));
+    // Fenced by a fencing command that succeeded: same.
+    let ctx = Context {
+        fenced_by_command: ["node-b".to_string()].into_iter().collect(),
+    };
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &ctx);
+    assert!(!p.is_blocked());
+}
+
+#[test]
+fn an_unreachable_active_blocks_everything() {
+    let mut o = converged();
+    o.nodes.insert(
+        "node-a".into(),
+        NodeObservation::unreachable(UnreachableKind::Refused, "connection refused"),
+    );
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert!(matches!(p.blocked[..], [Blocked::ActiveUnreachable { .. }]));
+    assert_eq!(p.graph.node_count(), 0);
+}
+
+#[test]
+fn mail_on_another_node_is_never_replaced_by_an_empty_dataset() {
+    let mut o = converged();
+    // The spec says node-c is active; node-c has no dataset, node-a and node-b have the mail.
+    o.nodes.get_mut("node-a").unwrap().instances.clear();
+    let p = plan(&spec_with("node-c", &[]), &o, now(), &Context::default());
+    assert!(
+        p.blocked.iter().any(
+            |b| matches!(b, Blocked::DataOnOtherNode { instance, .. } if instance == "students")
+        )
+    );
+    assert!(!kinds(&p).iter().any(|k| k.contains("create_dataset")));
+}
+
+#[test]
+fn unknown_instance_state_blocks() {
+    let mut o = converged();
+    o.nodes.get_mut("node-b").unwrap().instances.insert(
+        "staff".into(),
+        InstanceState {
+            state: RunState::Unknown,
+            detail: Some("jls failed".into()),
+            norun: None,
+        },
+    );
+    o.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .instances
+        .insert("staff".into(), state(RunState::Stopped));
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| matches!(b, Blocked::InstanceStateUnknown { node, .. } if node == "node-b"))
+    );
+    assert!(!kinds(&p).iter().any(|k| k.contains("start_instance:staff")));
+}
+
+#[test]
+fn the_four_renderers_show_the_same_steps() {
+    let mut o = converged();
+    o.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .instances
+        .insert("staff".into(), state(RunState::Stopped));
+    o.nodes.get_mut("node-b").unwrap().datasets[0].mounted = Some(true);
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let ids = kinds(&p);
+    assert_eq!(ids.len(), 2);
+    let json: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+    let json_ids: Vec<&str> = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, ids);
+    assert_eq!(json["format_version"], 1);
+    assert_eq!(json["fingerprint"], p.fingerprint);
+    let (text, md, dot) = (render::text(&p), render::markdown(&p), render::dot(&p));
+    for a in p.actions() {
+        let s = a.kind.summary();
+        assert!(
+            text.contains(&s) && md.contains(&s) && dot.contains(&s),
+            "{s}"
+        );
+    }
+    // JSON round trip for `--out` / `--plan`.
+    let saved: SavedPlan = serde_json::from_value(json).unwrap();
+    let back = render::from_saved(&saved).unwrap();
+    assert_eq!(kinds(&back), ids);
+}
+
+#[test]
+fn fingerprint_ignores_clocks_but_not_the_world() {
+    let o = converged();
+    let mut later = o.clone();
+    later.observed_at = "2026-11-28T13:00:00Z".parse().unwrap();
+    later
+        .nodes
+        .get_mut("node-a")
+        .unwrap()
+        .capabilities
+        .clock_offset_ms = Some(12);
+    assert_eq!(fingerprint(&o), fingerprint(&later));
+    later.nodes.get_mut("node-b").unwrap().datasets[0].readonly = Some(false);
+    assert_ne!(fingerprint(&o), fingerprint(&later));
+}
+
+// ---- properties ----------------------------------------------------------------------
+
+fn arb_state() -> impl Strategy<Value = Option<RunState>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(RunState::Running)),
+        Just(Some(RunState::Stopped)),
+        Just(Some(RunState::Unknown)),
+    ]
+}
+
+fn arb_dataset(name: &'static str) -> impl Strategy<Value = Option<Dataset>> {
+    prop::option::of(
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec!["lz4", "off"]),
+            prop::sample::select(vec!["80T", "87960930222080", "1G", "none"]),
+        )
+            .prop_map(move |(ro, m, c, q)| {
+                dataset(name, ro, m, &[("compression", c), ("quota", q)])
+            }),
+    )
+}
+
+fn arb_node(pool: &'static str) -> impl Strategy<Value = NodeObservation> {
+    let (s, t): (&'static str, &'static str) = match pool {
+        "zdata" => ("zdata/imap/students", "zdata/imap/staff"),
+        _ => ("tank/imap/students", "tank/imap/staff"),
+    };
+    (
+        any::<u8>(),
+        arb_dataset(s),
+        arb_dataset(t),
+        arb_state(),
+        arb_state(),
+    )
+        .prop_map(move |(r, d1, d2, s1, s2)| {
+            if r % 5 == 0 {
+                return NodeObservation::unreachable(UnreachableKind::Timeout, "cut");
+            }
+            let mut n = reachable();
+            for (name, d) in [(s, d1), (t, d2)] {
+                match d {
+                    Some(d) => n.datasets.push(d),
+                    None => n.missing_datasets.push(name.into()),
+                }
+            }
+            for (i, st) in [("students", s1), ("staff", s2)] {
+                if let Some(st) = st {
+                    n.instances.insert(i.into(), state(st));
+                }
+            }
+            n
+        })
+}
+
+fn arb_case() -> impl Strategy<Value = (Spec, Observation)> {
+    (
+        prop::sample::select(vec!["node-a", "node-b", "node-c"]),
+        prop::sample::subsequence(vec!["node-a", "node-b", "node-c"], 0..=2),
+        arb_node("zdata"),
+        arb_node("zdata"),
+        arb_node("tank"),
+    )
+        .prop_map(|(active, fenced, a, b, c)| {
+            let fenced: Vec<&str> = fenced.into_iter().filter(|f| *f != active).collect();
+            (
+                spec_with(active, &fenced),
+                obs(vec![("node-a", a), ("node-b", b), ("node-c", c)]),
+            )
+        })
+}
+
+/// Nodes where the instance may be running after the plan: observed running (after the
+/// planned effects), or unreachable and not fenced (unknown: assume the worst).
+fn possible_runners(spec: &Spec, o: &Observation, inst: &str) -> Vec<String> {
+    spec.spec
+        .nodes
+        .keys()
+        .filter(|n| {
+            let obs = &o.nodes[n.as_str()];
+            if !obs.reachability.is_reachable() {
+                return !spec.spec.fenced.contains(n);
+            }
+            obs.instances
+                .get(inst)
+                .is_some_and(|s| s.state != RunState::Stopped)
+        })
+        .map(|n| n.to_string())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Applying the plan's promised effects and planning again leaves nothing to do.
+    #[test]
+    fn plans_converge((spec, o) in arb_case()) {
+        let p = plan(&spec, &o, now(), &Context::default());
+        prop_assert!(p.order().is_ok());
+        if p.is_blocked() {
+            return Ok(());
+        }
+        let mut after = o.clone();
+        for a in p.actions() {
+            effect::apply(&mut after, a);
+        }
+        let again = plan(&spec, &after, now(), &Context::default());
+        prop_assert!(again.graph.node_count() == 0, "not converged:\n{}\nthen:\n{}", render::text(&p), render::text(&again));
+    }
+
+    /// Never two actives, never two writable copies, whatever was observed.
+    #[test]
+    fn plans_never_make_two_actives((spec, o) in arb_case()) {
+        let p = plan(&spec, &o, now(), &Context::default());
+        let active = spec.spec.active.to_string();
+        let order = p.actions();
+        for (i, a) in order.iter().enumerate() {
+            if let ActionKind::StartInstance { instance } = &a.kind {
+                prop_assert_eq!(&a.host, &Target::Node(active.clone()));
+                // Everything planned before the start: simulate, then count possible runners.
+                let mut before = o.clone();
+                for b in &order[..i] {
+                    effect::apply(&mut before, b);
+                }
+                let others: Vec<String> = possible_runners(&spec, &before, instance)
+                    .into_iter()
+                    .filter(|n| *n != active)
+                    .collect();
+                prop_assert!(others.is_empty(), "{instance} started on {active} while it may run on {others:?}\n{}", render::text(&p));
+            }
+            if let ActionKind::SetReadonly { readonly: false, dataset } = &a.kind {
+                prop_assert_eq!(&a.host, &Target::Node(active.clone()), "{} made writable off the active", dataset);
+            }
+            prop_assert!(!a.kind.destructive());
+        }
+    }
+}
