@@ -4,5 +4,6 @@
 //! imperative shell (transport, adapters, executor, controller). See
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod host;
 pub mod observed;
 pub mod zfs;

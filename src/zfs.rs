@@ -611,10 +611,11 @@ pub fn parse_holds(out: &str) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for l in out.lines() {
         let mut f = l.split('\t');
-        if let (Some(name), Some(tag)) = (f.next(), f.next()) {
-            if !name.is_empty() && !tag.is_empty() {
-                m.entry(name.to_string()).or_default().push(tag.to_string());
-            }
+        if let (Some(name), Some(tag)) = (f.next(), f.next())
+            && !name.is_empty()
+            && !tag.is_empty()
+        {
+            m.entry(name.to_string()).or_default().push(tag.to_string());
         }
     }
     m
