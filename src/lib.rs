@@ -4,6 +4,9 @@
 //! imperative shell (transport, adapters, executor, controller). See
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod capabilities;
 pub mod host;
+pub mod jail;
 pub mod observed;
+pub mod postfix;
 pub mod zfs;
