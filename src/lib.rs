@@ -4,9 +4,13 @@
 //! imperative shell (transport, adapters, executor, controller). See
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod capabilities;
 pub mod cli;
+pub mod host;
+pub mod jail;
 pub mod observed;
 pub mod plan;
+pub mod postfix;
 pub mod replication;
 pub mod retention;
 pub mod rpo;

@@ -104,13 +104,112 @@ pub fn only_missing_datasets(stderr: &str) -> bool {
 /// Stream-parse a `zfs get -Hp -r -o name,property,value` listing.
 pub fn parse_listing<R: Read>(reader: R) -> Result<Vec<Dataset>, ZfsError> {
     let mut parser = ListingParser::default();
-    for_each_line(reader, |no, line| parser.line(no, line))?;
+    for_each_record(reader, |no, name, prop, value| {
+        parser.record(no, name, prop, value)
+    })?;
     parser.finish()
 }
 
 /// Parse a listing already in memory.
 pub fn parse_listing_bytes(bytes: &[u8]) -> Result<Vec<Dataset>, ZfsError> {
     parse_listing(bytes)
+}
+
+/// Call `f(line_no, name, property, value)` for each `name<TAB>property<TAB>value` line of a
+/// stream. One pass over the bytes: the two tabs and the newline are searched in sequence, so
+/// each byte is looked at once, and nothing is copied except a line straddling two reads.
+/// Empty lines are skipped; a line without two tabs is an error.
+pub fn for_each_record<R: Read, F>(mut reader: R, mut f: F) -> Result<(), ZfsError>
+where
+    F: FnMut(u64, &[u8], &[u8], &[u8]) -> Result<(), ZfsError>,
+{
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut start = 0usize;
+    let mut end = 0usize;
+    let mut no = 0u64;
+    let mut eof = false;
+    // The previous line's name: listings repeat a name once per property, so checking for it
+    // first is a short memcmp instead of a byte scan.
+    let mut prev: Vec<u8> = Vec::with_capacity(256);
+    loop {
+        // Parse every complete line in buf[start..end].
+        loop {
+            let avail = &buf[start..end];
+            let plen = prev.len();
+            let d1 = if plen > 0
+                && avail.len() > plen
+                && avail[plen] == b'\t'
+                && avail[..plen] == prev[..]
+            {
+                plen
+            } else {
+                let Some(d1) = find_either(b'\t', b'\n', avail) else {
+                    break;
+                };
+                if avail[d1] == b'\t' {
+                    prev.clear();
+                    prev.extend_from_slice(&avail[..d1]);
+                }
+                d1
+            };
+            if avail[d1] == b'\n' {
+                no += 1;
+                if d1 != 0 {
+                    return Err(malformed(no, "no tab"));
+                }
+                start += 1;
+                continue;
+            }
+            let Some(d2) = find_either(b'\t', b'\n', &avail[d1 + 1..]).map(|i| i + d1 + 1) else {
+                break;
+            };
+            if avail[d2] == b'\n' {
+                return Err(malformed(no + 1, "only one tab"));
+            }
+            let Some(nl) = find_byte(b'\n', &avail[d2 + 1..]).map(|i| i + d2 + 1) else {
+                break;
+            };
+            no += 1;
+            f(no, &avail[..d1], &avail[d1 + 1..d2], &avail[d2 + 1..nl])?;
+            start += nl + 1;
+        }
+        if eof {
+            if start < end {
+                // Last line without a newline.
+                let avail = &buf[start..end];
+                no += 1;
+                let d1 = find_byte(b'\t', avail).ok_or_else(|| malformed(no, "no tab"))?;
+                let rest = &avail[d1 + 1..];
+                let d2 = find_byte(b'\t', rest).ok_or_else(|| malformed(no, "only one tab"))?;
+                f(no, &avail[..d1], &rest[..d2], &rest[d2 + 1..])?;
+            }
+            return Ok(());
+        }
+        // Make room: move the partial line to the front, grow if it fills the buffer.
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        if end == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        loop {
+            match reader.read(&mut buf[end..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    end += n;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Call `f` for each line (without `\n`, 1-based number) of a stream, reading in large
@@ -183,6 +282,31 @@ pub fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     hay[i..].iter().position(|&b| b == needle).map(|p| p + i)
 }
 
+/// Position of the first `a` or `b` in `hay`, a word at a time.
+#[inline]
+pub fn find_either(a: u8, b: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let ra = LO.wrapping_mul(a as u64);
+    let rb = LO.wrapping_mul(b as u64);
+    let mut i = 0;
+    let (chunks, _) = hay.as_chunks::<8>();
+    for c in chunks {
+        let w = u64::from_le_bytes(*c);
+        let xa = w ^ ra;
+        let xb = w ^ rb;
+        let z = (xa.wrapping_sub(LO) & !xa | xb.wrapping_sub(LO) & !xb) & HI;
+        if z != 0 {
+            return Some(i + (z.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..]
+        .iter()
+        .position(|&x| x == a || x == b)
+        .map(|p| p + i)
+}
+
 /// Which object the current run of lines describes.
 #[derive(Default)]
 enum Current {
@@ -227,6 +351,19 @@ fn parse_u64(line: u64, prop: &str, v: &[u8]) -> Result<Option<u64>, ZfsError> {
     }
     if v.is_empty() || v.len() > 20 {
         return Err(malformed(line, format!("{prop}: not a number")));
+    }
+    if v.len() <= 19 {
+        // Cannot overflow: 10^19 - 1 < u64::MAX.
+        let mut n: u64 = 0;
+        let mut ok = true;
+        for &b in v {
+            let d = b.wrapping_sub(b'0');
+            ok &= d < 10;
+            n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+        }
+        if ok {
+            return Ok(Some(n));
+        }
     }
     let mut n: u64 = 0;
     for &b in v {
@@ -292,16 +429,7 @@ fn empty_dataset(name: String) -> Dataset {
 }
 
 impl ListingParser {
-    fn line(&mut self, no: u64, line: &[u8]) -> Result<(), ZfsError> {
-        if line.is_empty() {
-            return Ok(());
-        }
-        let t1 = find_byte(b'\t', line).ok_or_else(|| malformed(no, "no tab"))?;
-        let name = &line[..t1];
-        let rest = &line[t1 + 1..];
-        let t2 = find_byte(b'\t', rest).ok_or_else(|| malformed(no, "only one tab"))?;
-        let prop = &rest[..t2];
-        let value = &rest[t2 + 1..];
+    fn record(&mut self, no: u64, name: &[u8], prop: &[u8], value: &[u8]) -> Result<(), ZfsError> {
         if name != self.cur_name.as_slice() {
             self.flush()?;
             self.start(no, name)?;
@@ -483,10 +611,11 @@ pub fn parse_holds(out: &str) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for l in out.lines() {
         let mut f = l.split('\t');
-        if let (Some(name), Some(tag)) = (f.next(), f.next()) {
-            if !name.is_empty() && !tag.is_empty() {
-                m.entry(name.to_string()).or_default().push(tag.to_string());
-            }
+        if let (Some(name), Some(tag)) = (f.next(), f.next())
+            && !name.is_empty()
+            && !tag.is_empty()
+        {
+            m.entry(name.to_string()).or_default().push(tag.to_string());
         }
     }
     m
@@ -572,6 +701,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn find_either_matches_naive_search() {
+        let hay: Vec<u8> = (0..300u32).map(|i| (i * 13 % 256) as u8).collect();
+        for (a, b) in [(9u8, 10u8), (0, 255), (200, 7), (1, 1)] {
+            for start in 0..20 {
+                let h = &hay[start..];
+                assert_eq!(
+                    find_either(a, b, h),
+                    h.iter().position(|&x| x == a || x == b),
+                    "{a} {b} {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn records_straddling_reads_are_whole() {
+        struct Dribble<'a>(&'a [u8], usize);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.1.min(self.0.len()).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let text = b"pool/a\ttype\tfilesystem\n\npool/a\tsk:x\tv\twith tab\nlast\tp\tv";
+        for step in [1, 2, 3, 7, 1000] {
+            let mut got = Vec::new();
+            for_each_record(Dribble(text, step), |n, a, b, c| {
+                got.push((n, a.to_vec(), b.to_vec(), c.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got.len(), 3, "step {step}");
+            assert_eq!(
+                got[0],
+                (
+                    1,
+                    b"pool/a".to_vec(),
+                    b"type".to_vec(),
+                    b"filesystem".to_vec()
+                )
+            );
+            assert_eq!(
+                got[1],
+                (
+                    3,
+                    b"pool/a".to_vec(),
+                    b"sk:x".to_vec(),
+                    b"v\twith tab".to_vec()
+                )
+            );
+            assert_eq!(got[2], (4, b"last".to_vec(), b"p".to_vec(), b"v".to_vec()));
+        }
+        let err = for_each_record(&b"a\tb\nc\td\te\n"[..], |_, _, _, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("line 1: only one tab"), "{err}");
     }
 
     #[test]

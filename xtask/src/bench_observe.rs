@@ -19,7 +19,8 @@ pub fn run() -> Result<(), String> {
 
 fn run_at(path: &std::path::Path) -> Result<(), String> {
     let t0 = Instant::now();
-    let (rows, bytes) = generate(path).map_err(|e| format!("generating {}: {e}", path.display()))?;
+    let (rows, bytes) =
+        generate(path).map_err(|e| format!("generating {}: {e}", path.display()))?;
     eprintln!(
         "generated {rows} rows ({:.1} MiB) in {:.2?}",
         bytes as f64 / (1024.0 * 1024.0),
@@ -53,7 +54,7 @@ fn run_at(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn generate(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+pub(crate) fn generate(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut rows = 0u64;
     let mut bytes = 0u64;
@@ -68,7 +69,9 @@ fn generate(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     };
     for d in 0..DATASETS {
         let name = format!("zdata/imap/box{d:05}");
-        guid = guid.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        guid = guid
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let props: [(&str, String); 10] = [
             ("type", "filesystem".into()),
             ("creation", "1700000000".into()),
@@ -86,7 +89,9 @@ fn generate(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
         }
         for s in 0..SNAPSHOTS {
             txg += 1;
-            guid = guid.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            guid = guid
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let creation = 1_700_000_000 + s as u64 * 3600;
             let snap = format!("{name}@sk-{creation}");
             let props: [(&str, String); 10] = [

@@ -1,0 +1,718 @@
+//! Host transport: run argv vectors on the local machine or over SSH.
+//!
+//! ONE DOOR: every command of every host goes through [`AnyHost::run`] or
+//! [`AnyHost::spawn`], which open a tracing span (host, argv, duration, exit status) and count
+//! round trips per host ([`AnyHost::round_trips`]). Nothing else in the crate starts a process
+//! on a host.
+//!
+//! Remote quoting: SSH hands the remote login shell one command string. Each argv element is
+//! quoted for a POSIX `sh` by [`quote_posix`] (single quotes; `'` and `!` outside them), so
+//! spaces, quotes, `$`, `;`, `*`, backslashes and newlines arrive intact when the login shell
+//! is `sh`, `bash`, `dash`, `ksh` or `zsh`. **csh/tcsh** (FreeBSD's historical root shell):
+//! the same quoting is correct for everything except a newline inside an argument (csh
+//! rejects it: "Unmatched '"); `!` is escaped outside quotes so csh history expansion does
+//! not apply. spoolkeeper never needs newlines in an argument it sends; give the SSH user a
+//! POSIX login shell (FreeBSD ≥ 14 uses `sh` for root) if a spec ever needs one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
+
+use crate::observed::UnreachableKind;
+
+/// What a finished command returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Exit code; `None` when killed by a signal.
+    pub status: Option<i32>,
+    /// Standard output bytes.
+    pub stdout: Vec<u8>,
+    /// Standard error bytes.
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    /// Stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// Stderr as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Transport failures. A command that ran and exited non-zero is NOT an error: it is an
+/// [`Output`] with that status.
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// No answer within the connect timeout.
+    #[error("{host}: no answer within {timeout:?} (host down or link cut?): {detail}")]
+    Timeout {
+        /// Host label.
+        host: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+        /// What ssh said.
+        detail: String,
+    },
+    /// TCP connection refused.
+    #[error("{host}: connection refused (is sshd running on the right port?): {detail}")]
+    Refused {
+        /// Host label.
+        host: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// Authentication failed.
+    #[error(
+        "{host}: authentication failed (check the identity file and authorized_keys): {detail}"
+    )]
+    Auth {
+        /// Host label.
+        host: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The host key is unknown or changed. Never accepted: fix known_hosts after checking.
+    #[error(
+        "{host}: host key verification failed; the key is unknown or CHANGED and is never accepted automatically (verify it, then update {known_hosts}): {detail}"
+    )]
+    HostKey {
+        /// Host label.
+        host: String,
+        /// The known_hosts file in use.
+        known_hosts: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The name does not resolve.
+    #[error("{host}: name does not resolve: {detail}")]
+    Resolve {
+        /// Host label.
+        host: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The connection dropped or another SSH failure.
+    #[error("{host}: ssh failed: {detail}")]
+    Ssh {
+        /// Host label.
+        host: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The program could not be started locally.
+    #[error("{host}: cannot run {program}: {source}")]
+    Spawn {
+        /// Host label.
+        host: String,
+        /// argv[0].
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An empty argv was given (a bug in the caller).
+    #[error("empty argv")]
+    EmptyArgv,
+    /// I/O while talking to a running command.
+    #[error("{host}: i/o with running command: {source}")]
+    Io {
+        /// Host label.
+        host: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl HostError {
+    /// The reachability class of this error, when it means the host cannot be reached
+    /// (`None` for errors that are not about reachability).
+    pub fn unreachable_kind(&self) -> Option<UnreachableKind> {
+        match self {
+            HostError::Timeout { .. } => Some(UnreachableKind::Timeout),
+            HostError::Refused { .. } => Some(UnreachableKind::Refused),
+            HostError::Auth { .. } => Some(UnreachableKind::Auth),
+            HostError::HostKey { .. } => Some(UnreachableKind::HostKey),
+            HostError::Resolve { .. } => Some(UnreachableKind::Resolve),
+            HostError::Ssh { .. } => Some(UnreachableKind::Other),
+            _ => None,
+        }
+    }
+}
+
+/// Quote one argument for a POSIX shell. Safe characters pass unquoted; everything else is
+/// wrapped in single quotes, with `'` written as `'\''` and `!` as `'\!'` (so csh's history
+/// expansion never sees a bare `!`). Empty strings become `''`.
+pub fn quote_posix(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        return arg.to_string();
+    }
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('\'');
+    for c in arg.chars() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '!' => out.push_str("'\\!'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The remote command line for an argv: each element quoted, joined by spaces.
+pub fn remote_command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| quote_posix(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Commands on this machine (tokio::process), no shell involved.
+#[derive(Debug, Clone, Default)]
+pub struct LocalHost;
+
+/// SSH connection settings.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Login user (default: ssh's default).
+    pub user: Option<String>,
+    /// Port (default 22).
+    pub port: Option<u16>,
+    /// known_hosts file checked strictly (default: the user's).
+    pub known_hosts: Option<PathBuf>,
+    /// Identity file.
+    pub identity: Option<PathBuf>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// ServerAliveInterval.
+    pub keepalive: Duration,
+}
+
+impl SshConfig {
+    /// Defaults: 5 s connect timeout, 15 s keepalive.
+    pub fn new(host: impl Into<String>) -> Self {
+        SshConfig {
+            host: host.into(),
+            user: None,
+            port: None,
+            known_hosts: None,
+            identity: None,
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One SSH control master per host, opened once and reused for every command of the run.
+pub struct SshHost {
+    config: SshConfig,
+    session: Arc<openssh::Session>,
+}
+
+impl std::fmt::Debug for SshHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshHost")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SshHost {
+    /// Open the control master (strict host key checking, connect timeout, keepalive).
+    pub async fn connect(config: SshConfig) -> Result<SshHost, HostError> {
+        let mut b = openssh::SessionBuilder::default();
+        b.known_hosts_check(openssh::KnownHosts::Strict)
+            .connect_timeout(config.connect_timeout)
+            .server_alive_interval(config.keepalive);
+        if let Some(u) = &config.user {
+            b.user(u.clone());
+        }
+        if let Some(p) = config.port {
+            b.port(p);
+        }
+        if let Some(k) = &config.known_hosts {
+            b.user_known_hosts_file(k);
+        }
+        if let Some(i) = &config.identity {
+            b.keyfile(i);
+        }
+        let started = Instant::now();
+        let res = b.connect(&config.host).await;
+        tracing::debug!(host = %config.host, elapsed_ms = started.elapsed().as_millis() as u64, ok = res.is_ok(), "ssh connect");
+        match res {
+            Ok(s) => Ok(SshHost {
+                config,
+                session: Arc::new(s),
+            }),
+            Err(e) => Err(classify_ssh_error(
+                &config,
+                &e.to_string(),
+                &error_chain(&e),
+            )),
+        }
+    }
+
+    /// The configuration this host was opened with.
+    pub fn config(&self) -> &SshConfig {
+        &self.config
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Map ssh's words to a typed error. Pure (tested on ssh's real messages).
+pub fn classify_ssh_error(config: &SshConfig, short: &str, full: &str) -> HostError {
+    let host = config.host.clone();
+    let detail = if full.is_empty() { short } else { full }
+        .trim()
+        .to_string();
+    let l = detail.to_ascii_lowercase();
+    if l.contains("host key verification failed")
+        || l.contains("remote host identification has changed")
+        || l.contains("no matching host key")
+        || l.contains("host key for") && l.contains("has changed")
+    {
+        HostError::HostKey {
+            host,
+            known_hosts: config
+                .known_hosts
+                .as_ref()
+                .map_or_else(|| "~/.ssh/known_hosts".into(), |p| p.display().to_string()),
+            detail,
+        }
+    } else if l.contains("connection refused") {
+        HostError::Refused { host, detail }
+    } else if l.contains("permission denied") || l.contains("too many authentication failures") {
+        HostError::Auth { host, detail }
+    } else if l.contains("timed out") || l.contains("timeout") || l.contains("no route to host") {
+        HostError::Timeout {
+            host,
+            timeout: config.connect_timeout,
+            detail,
+        }
+    } else if l.contains("could not resolve") || l.contains("name or service not known") {
+        HostError::Resolve { host, detail }
+    } else {
+        HostError::Ssh { host, detail }
+    }
+}
+
+/// A running command with its stdin/stdout as tokio streams (for `zfs send | zfs recv`).
+pub struct Spawned {
+    /// Feed the command.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Read the command's output.
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    wait: Pin<Box<dyn std::future::Future<Output = Result<Output, HostError>> + Send>>,
+    span: tracing::Span,
+    started: Instant,
+}
+
+impl Spawned {
+    /// Wait for exit; `stdout` is empty in the returned [`Output`] (it was streamed), stderr
+    /// is collected.
+    pub async fn wait(self) -> Result<Output, HostError> {
+        let span = self.span.clone();
+        let res = self.wait.instrument(span.clone()).await;
+        span.in_scope(|| log_end(&res, self.started));
+        res
+    }
+}
+
+/// Either transport; dyn-free so it stays `Send` and cheap.
+#[derive(Debug)]
+pub enum AnyHost {
+    /// This machine.
+    Local(LocalHost),
+    /// A remote host over SSH.
+    Ssh(SshHost),
+}
+
+/// Round trips per host label, shared by all hosts of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RoundTrips(Arc<std::sync::Mutex<BTreeMap<String, Arc<AtomicU64>>>>);
+
+impl RoundTrips {
+    fn counter(&self, host: &str) -> Arc<AtomicU64> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(host.to_string()).or_default().clone()
+    }
+    /// Round trips so far, per host label.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A host plus its label and round-trip counter: the one door.
+#[derive(Debug)]
+pub struct Host {
+    label: String,
+    inner: AnyHost,
+    trips: Arc<AtomicU64>,
+}
+
+fn log_end(res: &Result<Output, HostError>, started: Instant) {
+    let ms = started.elapsed().as_millis() as u64;
+    match res {
+        Ok(o) => tracing::debug!(duration_ms = ms, status = ?o.status, "command finished"),
+        Err(e) => tracing::debug!(duration_ms = ms, error = %e, "command failed"),
+    }
+}
+
+impl Host {
+    /// Wrap a transport under a label (the node name), counting into `trips`.
+    pub fn new(label: impl Into<String>, inner: AnyHost, trips: &RoundTrips) -> Host {
+        let label = label.into();
+        let trips = trips.counter(&label);
+        Host {
+            label,
+            inner,
+            trips,
+        }
+    }
+
+    /// The label (node name).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Round trips made through this host so far.
+    pub fn round_trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    /// Run argv to completion. THE door for finished commands.
+    pub async fn run(&self, argv: &[String]) -> Result<Output, HostError> {
+        if argv.is_empty() {
+            return Err(HostError::EmptyArgv);
+        }
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("cmd", host = %self.label, argv = ?argv);
+        let started = Instant::now();
+        let res = async {
+            match &self.inner {
+                AnyHost::Local(_) => {
+                    let out = tokio::process::Command::new(&argv[0])
+                        .args(&argv[1..])
+                        .stdin(Stdio::null())
+                        .kill_on_drop(true)
+                        .output()
+                        .await
+                        .map_err(|e| HostError::Spawn {
+                            host: self.label.clone(),
+                            program: argv[0].clone(),
+                            source: e,
+                        })?;
+                    Ok(Output {
+                        status: out.status.code(),
+                        stdout: out.stdout,
+                        stderr: out.stderr,
+                    })
+                }
+                AnyHost::Ssh(h) => {
+                    let mut cmd = h.session.raw_command(quote_posix(&argv[0]));
+                    for a in &argv[1..] {
+                        cmd.raw_arg(quote_posix(a));
+                    }
+                    cmd.stdin(openssh::Stdio::null());
+                    let out = cmd.output().await.map_err(|e| {
+                        classify_ssh_error(&h.config, &e.to_string(), &error_chain(&e))
+                    })?;
+                    Ok(Output {
+                        status: out.status.code(),
+                        stdout: out.stdout,
+                        stderr: out.stderr,
+                    })
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| log_end(&res, started));
+        res
+    }
+
+    /// Start argv with piped stdin/stdout. THE door for streaming commands.
+    pub async fn spawn(&self, argv: &[String]) -> Result<Spawned, HostError> {
+        use tokio::io::AsyncReadExt;
+        if argv.is_empty() {
+            return Err(HostError::EmptyArgv);
+        }
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("cmd", host = %self.label, argv = ?argv, streaming = true);
+        let started = Instant::now();
+        let label = self.label.clone();
+        match &self.inner {
+            AnyHost::Local(_) => {
+                let mut child = tokio::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| HostError::Spawn {
+                        host: label.clone(),
+                        program: argv[0].clone(),
+                        source: e,
+                    })?;
+                let (Some(stdin), Some(stdout), Some(mut stderr)) =
+                    (child.stdin.take(), child.stdout.take(), child.stderr.take())
+                else {
+                    return Err(HostError::Io {
+                        host: label,
+                        source: std::io::Error::other("pipes not available"),
+                    });
+                };
+                let wait = async move {
+                    let mut err = Vec::new();
+                    let read = stderr.read_to_end(&mut err);
+                    let (r, status) = tokio::join!(read, child.wait());
+                    r.map_err(|e| HostError::Io {
+                        host: label.clone(),
+                        source: e,
+                    })?;
+                    let status = status.map_err(|e| HostError::Io {
+                        host: label.clone(),
+                        source: e,
+                    })?;
+                    Ok(Output {
+                        status: status.code(),
+                        stdout: Vec::new(),
+                        stderr: err,
+                    })
+                };
+                Ok(Spawned {
+                    stdin: Box::pin(stdin),
+                    stdout: Box::pin(stdout),
+                    wait: Box::pin(wait),
+                    span,
+                    started,
+                })
+            }
+            AnyHost::Ssh(h) => {
+                let mut cmd =
+                    openssh::Session::to_raw_command(Arc::clone(&h.session), quote_posix(&argv[0]));
+                for a in &argv[1..] {
+                    cmd.raw_arg(quote_posix(a));
+                }
+                cmd.stdin(openssh::Stdio::piped())
+                    .stdout(openssh::Stdio::piped())
+                    .stderr(openssh::Stdio::piped());
+                let config = h.config.clone();
+                let mut child = cmd
+                    .spawn()
+                    .await
+                    .map_err(|e| classify_ssh_error(&config, &e.to_string(), &error_chain(&e)))?;
+                let (Some(stdin), Some(stdout), Some(mut stderr)) = (
+                    child.stdin().take(),
+                    child.stdout().take(),
+                    child.stderr().take(),
+                ) else {
+                    return Err(HostError::Io {
+                        host: label,
+                        source: std::io::Error::other("pipes not available"),
+                    });
+                };
+                let wait = async move {
+                    let mut err = Vec::new();
+                    stderr
+                        .read_to_end(&mut err)
+                        .await
+                        .map_err(|e| HostError::Io {
+                            host: label.clone(),
+                            source: e,
+                        })?;
+                    let status = child.wait().await.map_err(|e| {
+                        classify_ssh_error(&config, &e.to_string(), &error_chain(&e))
+                    })?;
+                    Ok(Output {
+                        status: status.code(),
+                        stdout: Vec::new(),
+                        stderr: err,
+                    })
+                };
+                Ok(Spawned {
+                    stdin: Box::pin(stdin),
+                    stdout: Box::pin(stdout),
+                    wait: Box::pin(wait),
+                    span,
+                    started,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a POSIX shell makes of a quoted word: run the real `sh` on it.
+    fn through_sh(words: &[&str]) -> Vec<String> {
+        let line = words
+            .iter()
+            .map(|w| quote_posix(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\0' {line}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        let mut parts: Vec<String> = out
+            .stdout
+            .split(|&b| b == 0)
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(parts.pop().as_deref(), Some(""), "output ends with NUL");
+        parts
+    }
+
+    const AWKWARD: &[&str] = &[
+        "plain",
+        "with space",
+        "it's",
+        "\"double\"",
+        "$HOME",
+        "$(id)",
+        "`id`",
+        "a;b",
+        "*",
+        "back\\slash",
+        "new\nline",
+        "bang!",
+        "",
+        "tab\there",
+        "{a,b}",
+        "~",
+        "#hash",
+        "&|<>",
+    ];
+
+    #[test]
+    fn quoted_words_survive_a_real_posix_shell() {
+        assert_eq!(through_sh(AWKWARD), AWKWARD);
+    }
+
+    #[test]
+    fn safe_words_are_left_alone_and_quotes_are_closed() {
+        assert_eq!(quote_posix("zdata/imap@sk-2024"), "zdata/imap@sk-2024");
+        assert_eq!(quote_posix(""), "''");
+        assert_eq!(quote_posix("it's"), "'it'\\''s'");
+        assert_eq!(quote_posix("a!"), "'a'\\!''");
+    }
+
+    #[test]
+    fn ssh_messages_map_to_typed_errors() {
+        let c = SshConfig::new("10.77.0.12");
+        let cases = [
+            (
+                "Host key verification failed.",
+                Some(UnreachableKind::HostKey),
+            ),
+            (
+                "ssh: connect to host 10.77.0.12 port 22: Connection refused",
+                Some(UnreachableKind::Refused),
+            ),
+            (
+                "root@10.77.0.12: Permission denied (publickey).",
+                Some(UnreachableKind::Auth),
+            ),
+            (
+                "ssh: connect to host 10.77.0.12 port 22: Connection timed out",
+                Some(UnreachableKind::Timeout),
+            ),
+            (
+                "ssh: Could not resolve hostname nowhere: Name or service not known",
+                Some(UnreachableKind::Resolve),
+            ),
+            (
+                "mux_client_request_session: read",
+                Some(UnreachableKind::Other),
+            ),
+        ];
+        for (msg, kind) in cases {
+            let e = classify_ssh_error(&c, msg, "");
+            assert_eq!(e.unreachable_kind(), kind, "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_run_passes_awkward_argv_without_a_shell() {
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips);
+        let mut argv: Vec<String> = vec!["printf".into(), "%s\\0".into()];
+        argv.extend(AWKWARD.iter().map(|s| s.to_string()));
+        let out = h.run(&argv).await.unwrap();
+        assert!(out.success());
+        let got: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
+        let got: Vec<String> = got[..got.len() - 1]
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(got, AWKWARD);
+        let out = h.run(&["false".to_string()]).await.unwrap();
+        assert_eq!(out.status, Some(1));
+        assert_eq!(h.round_trips(), 2);
+        assert_eq!(trips.snapshot()["local"], 2);
+        assert!(matches!(h.run(&[]).await, Err(HostError::EmptyArgv)));
+        assert!(matches!(
+            h.run(&["/nonexistent/sk-no-such-program".to_string()])
+                .await,
+            Err(HostError::Spawn { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn local_spawn_streams_stdin_to_stdout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips);
+        let mut s = h.spawn(&["cat".to_string()]).await.unwrap();
+        let payload = vec![7u8; 300_000];
+        let mut stdin = std::mem::replace(&mut s.stdin, Box::pin(tokio::io::sink()));
+        let writer = async move {
+            stdin.write_all(&payload).await.unwrap();
+            stdin.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let reader = s.stdout.read_to_end(&mut got);
+        let ((), r) = tokio::join!(writer, reader);
+        r.unwrap();
+        assert_eq!(got.len(), 300_000);
+        assert!(got.iter().all(|&b| b == 7));
+        let out = s.wait().await.unwrap();
+        assert!(out.success());
+    }
+}

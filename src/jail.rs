@@ -1,0 +1,236 @@
+//! Jail runtimes: parsers for `ezjail-admin list`, `jls --libxo json` and `jls -v`. Pure.
+
+use serde::Deserialize;
+
+use crate::observed::{InstanceState, RunState};
+
+/// One row of `ezjail-admin list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EzjailEntry {
+    /// The status letters, e.g. `ZR`, `DS`, `DSN`.
+    pub status: String,
+    /// Jail id when running.
+    pub jid: Option<u32>,
+    /// IP addresses (first column plus continuation lines).
+    pub ips: Vec<String>,
+    /// Hostname (ezjail's jail name).
+    pub hostname: String,
+    /// Root directory.
+    pub root: String,
+}
+
+impl EzjailEntry {
+    /// Second letter `R`: running. `S` stopped, `A` image attached but not running.
+    pub fn running(&self) -> bool {
+        self.status.chars().nth(1) == Some('R')
+    }
+    /// Third letter `N`: the jail is configured `norun` (not started at boot).
+    pub fn norun(&self) -> bool {
+        self.status.chars().nth(2) == Some('N')
+    }
+    /// As an instance state.
+    pub fn state(&self) -> InstanceState {
+        InstanceState {
+            state: if self.running() {
+                RunState::Running
+            } else {
+                RunState::Stopped
+            },
+            detail: Some(format!(
+                "ezjail {} jid {}",
+                self.status,
+                self.jid.map_or("N/A".into(), |j| j.to_string())
+            )),
+            norun: Some(self.norun()),
+        }
+    }
+}
+
+/// `ezjail-admin list`.
+pub fn ezjail_list_argv() -> Vec<String> {
+    vec!["ezjail-admin".into(), "list".into()]
+}
+
+/// `jls --libxo json -v` (all running jails, with names and state).
+pub fn jls_json_argv() -> Vec<String> {
+    vec!["jls".into(), "--libxo".into(), "json".into(), "-v".into()]
+}
+
+/// `jls -v`: the text fallback for hosts whose jls predates libxo (FreeBSD < 11).
+pub fn jls_text_argv() -> Vec<String> {
+    vec!["jls".into(), "-v".into()]
+}
+
+/// Parse `ezjail-admin list` (format `%-3s %-4s %-15s %-30s %s` of ezjail-admin, with
+/// continuation lines carrying extra addresses). Header and ruler lines are skipped.
+pub fn parse_ezjail_list(out: &str) -> Vec<EzjailEntry> {
+    let mut v: Vec<EzjailEntry> = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("STA") || line.starts_with("---") || line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with(' ') {
+            // Continuation: "    <jid> <if>|<addr>".
+            let mut f = line.split_whitespace();
+            let _jid = f.next();
+            if let (Some(addr), Some(last)) = (f.next(), v.last_mut()) {
+                last.ips.push(addr.to_string());
+            }
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(status), Some(jid)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !status
+            .chars()
+            .all(|c| matches!(c, 'D' | 'I' | 'E' | 'B' | 'Z' | 'R' | 'A' | 'S' | 'N'))
+        {
+            continue;
+        }
+        let ip = f.next().unwrap_or("");
+        let hostname = f.next().unwrap_or("").to_string();
+        let root = f.collect::<Vec<_>>().join(" ");
+        v.push(EzjailEntry {
+            status: status.to_string(),
+            jid: jid.parse().ok(),
+            ips: if ip.is_empty() || ip == "-" {
+                Vec::new()
+            } else {
+                vec![ip.to_string()]
+            },
+            hostname,
+            root,
+        });
+    }
+    v
+}
+
+/// One running jail as `jls` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JlsJail {
+    /// Jail id.
+    #[serde(default, deserialize_with = "de_jid")]
+    pub jid: Option<u32>,
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Hostname.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Root path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `ACTIVE` or `DYING` (with -v).
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+fn de_jid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u32),
+        Text(String),
+    }
+    Ok(match Option::<N>::deserialize(d)? {
+        Some(N::Num(n)) => Some(n),
+        Some(N::Text(s)) => s.parse().ok(),
+        None => None,
+    })
+}
+
+#[derive(Deserialize)]
+struct JlsDoc {
+    #[serde(rename = "jail-information")]
+    info: JlsInfo,
+}
+#[derive(Deserialize)]
+struct JlsInfo {
+    #[serde(default)]
+    jail: Vec<JlsJail>,
+}
+
+/// Parse `jls --libxo json [-v]`.
+pub fn parse_jls_json(out: &str) -> Result<Vec<JlsJail>, serde_json::Error> {
+    Ok(serde_json::from_str::<JlsDoc>(out)?.info.jail)
+}
+
+/// Parse `jls -v` text (layout of `usr.sbin/jls/jls.c`: per jail a `%6d  hostname path`
+/// line, then indented name/state, cpuset id, and one line per address).
+pub fn parse_jls_verbose(out: &str) -> Vec<JlsJail> {
+    let mut v: Vec<JlsJail> = Vec::new();
+    let mut line_in_record = 0;
+    for line in out.lines() {
+        let head = line.get(..6).unwrap_or("");
+        let jid = head.trim().parse::<u32>().ok();
+        if jid.is_some() && line.get(6..8) == Some("  ") {
+            let rest = &line[8..];
+            let mut f = rest.split_whitespace();
+            v.push(JlsJail {
+                jid,
+                hostname: f.next().map(str::to_string),
+                path: f.next().map(str::to_string),
+                name: None,
+                state: None,
+            });
+            line_in_record = 1;
+            continue;
+        }
+        if line_in_record == 1
+            && let Some(last) = v.last_mut()
+        {
+            let mut f = line.split_whitespace();
+            last.name = f.next().map(str::to_string);
+            last.state = f.next().map(str::to_string);
+            line_in_record = 2;
+        }
+    }
+    v
+}
+
+/// State of a jail by name from a `jls` listing (absent means stopped).
+pub fn jls_state(jails: &[JlsJail], name: &str) -> InstanceState {
+    match jails
+        .iter()
+        .find(|j| j.name.as_deref() == Some(name) || j.hostname.as_deref() == Some(name))
+    {
+        Some(j) if j.state.as_deref() == Some("DYING") => InstanceState {
+            state: RunState::Stopped,
+            detail: Some(format!("jail dying (jid {})", j.jid.unwrap_or(0))),
+            norun: None,
+        },
+        Some(j) => InstanceState {
+            state: RunState::Running,
+            detail: j.jid.map(|n| format!("jid {n}")),
+            norun: None,
+        },
+        None => InstanceState {
+            state: RunState::Stopped,
+            detail: Some("not in jls".into()),
+            norun: None,
+        },
+    }
+}
+
+/// State from an `exec` runtime's status command: exit 0 running, 1..=3 stopped (LSB
+/// `status`: 3 = not running), anything else unknown.
+pub fn exec_state(status: Option<i32>, stderr: &str) -> InstanceState {
+    let (state, detail) = match status {
+        Some(0) => (RunState::Running, "status command exited 0".to_string()),
+        Some(c @ 1..=3) => (RunState::Stopped, format!("status command exited {c}")),
+        Some(c) => (
+            RunState::Unknown,
+            format!("status command exited {c}: {}", stderr.trim()),
+        ),
+        None => (
+            RunState::Unknown,
+            "status command killed by a signal".into(),
+        ),
+    };
+    InstanceState {
+        state,
+        detail: Some(detail),
+        norun: None,
+    }
+}
