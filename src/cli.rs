@@ -63,6 +63,14 @@ enum Command {
     },
     /// Print the JSON Schema (draft-07) of the spec, for editors.
     Schema,
+    /// Connect to every host and print the observed state. Exit 0 (unreachable hosts are
+    /// reported, not fatal), 1 on a bad spec.
+    Observe {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        output: Option<Output>,
+    },
 }
 
 /// Entry point of the binary.
@@ -72,6 +80,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Validate { file, output } => validate(&file, output),
         Command::Schema => schema(),
+        Command::Observe { file, output } => observe(&file, default_output(output)),
     };
     ExitCode::from(code)
 }
@@ -184,4 +193,60 @@ fn schema() -> u8 {
             1
         }
     }
+}
+
+/// Load specs for a command that touches hosts: a bad spec stops everything (exit 1).
+fn load_or_report(file: &std::path::Path) -> Option<Vec<spec::Spec>> {
+    match spec::load(file) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("invalid spec: nothing was contacted");
+            None
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn observe(file: &std::path::Path, output: Output) -> u8 {
+    let Some(specs) = load_or_report(file) else {
+        return 1;
+    };
+    let Some(rt) = runtime() else { return 1 };
+    rt.block_on(async {
+        let mut all = Vec::new();
+        for s in &specs {
+            let conns = crate::observe::connect(s).await;
+            let o = crate::observe::observe(s, &conns).await;
+            tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
+            match output {
+                Output::Text => print!("{}", crate::observe::text(s, &o)),
+                Output::Json => all.push(serde_json::json!({
+                    "cluster": s.name.as_str(),
+                    "observation": o,
+                })),
+            }
+        }
+        if output == Output::Json {
+            let v = if all.len() == 1 {
+                all.remove(0)
+            } else {
+                serde_json::Value::Array(all)
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+    });
+    0
 }

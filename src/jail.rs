@@ -234,3 +234,104 @@ pub fn exec_state(status: Option<i32>, stderr: &str) -> InstanceState {
         norun: None,
     }
 }
+
+/// What to do with an instance's runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeVerb {
+    Start,
+    Stop,
+    Status,
+}
+
+/// The argv that starts, stops or asks the state of an instance on `node`. The one place
+/// runtime commands are built. `None` for `Status` on ezjail/jail: their state comes from
+/// one listing per node (`ezjail-admin list`, `jls`), not a command per instance.
+pub fn runtime_argv(
+    rt: &crate::spec::Runtime,
+    verb: RuntimeVerb,
+    instance: &str,
+    node: &str,
+) -> Option<Vec<String>> {
+    use crate::spec::Runtime;
+    let s = |v: &[&str]| Some(v.iter().map(|a| (*a).to_string()).collect());
+    match (rt, verb) {
+        (Runtime::Ezjail { jail }, RuntimeVerb::Start) => {
+            s(&["ezjail-admin", "onestart", jail.as_str()])
+        }
+        (Runtime::Ezjail { jail }, RuntimeVerb::Stop) => {
+            s(&["ezjail-admin", "onestop", jail.as_str()])
+        }
+        (Runtime::Jail { jail }, RuntimeVerb::Start) => s(&["jail", "-c", jail.as_str()]),
+        (Runtime::Jail { jail }, RuntimeVerb::Stop) => s(&["jail", "-r", jail.as_str()]),
+        (Runtime::Ezjail { .. } | Runtime::Jail { .. }, RuntimeVerb::Status) => None,
+        (
+            Runtime::Exec {
+                start,
+                stop,
+                status,
+            },
+            verb,
+        ) => {
+            let argv = match verb {
+                RuntimeVerb::Start => start,
+                RuntimeVerb::Stop => stop,
+                RuntimeVerb::Status => status,
+            };
+            Some(
+                argv.iter()
+                    .map(|a| a.replace("{instance}", instance).replace("{node}", node))
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+    use crate::spec::{Name, Runtime};
+
+    #[test]
+    fn runtime_commands_are_argv_with_whole_argument_placeholders() {
+        let ez = Runtime::Ezjail {
+            jail: Name::new("imap-students").unwrap(),
+        };
+        assert_eq!(
+            runtime_argv(&ez, RuntimeVerb::Start, "students", "node-a").unwrap(),
+            ["ezjail-admin", "onestart", "imap-students"]
+        );
+        assert_eq!(
+            runtime_argv(&ez, RuntimeVerb::Status, "students", "node-a"),
+            None
+        );
+        let ex = Runtime::Exec {
+            start: vec![
+                "/bin/svc".into(),
+                "start".into(),
+                "{instance}@{node}".into(),
+            ],
+            stop: vec!["/bin/svc".into(), "stop; rm -rf /".into()],
+            status: vec!["/bin/svc".into(), "{instance}".into()],
+        };
+        assert_eq!(
+            runtime_argv(&ex, RuntimeVerb::Start, "staff", "node-b").unwrap(),
+            ["/bin/svc", "start", "staff@node-b"]
+        );
+        // A hostile-looking argument stays one argument.
+        assert_eq!(
+            runtime_argv(&ex, RuntimeVerb::Stop, "staff", "node-b").unwrap(),
+            ["/bin/svc", "stop; rm -rf /"]
+        );
+    }
+}
+
+/// ezjail names a jail after its hostname with every character outside `[A-Za-z0-9_]`
+/// turned into `_` (`imap-students` runs as `imap_students`): compare that way.
+pub fn ezjail_same(hostname: &str, jail: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    norm(hostname) == norm(jail)
+}

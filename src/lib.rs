@@ -8,6 +8,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod host;
 pub mod jail;
+pub mod observe;
 pub mod observed;
 pub mod plan;
 pub mod postfix;

@@ -1,0 +1,492 @@
+//! Observation: connect to every host of a spec and build the observed model.
+//!
+//! The shell side of the planner's input. Hosts are observed concurrently, each in two
+//! round trips (capabilities and clock, then the listing, runtime states and Postfix), and an
+//! unreachable host is a value in the model, never an error that stops the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::join_all;
+use jiff::Timestamp;
+
+use crate::capabilities;
+use crate::host::{AnyHost, Host, HostError, Output, RoundTrips, SshConfig, SshHost};
+use crate::jail::{self, RuntimeVerb};
+use crate::observed::{
+    ArchiveObservation, Capabilities, InstanceState, NodeObservation, Observation,
+    PostfixObservation, Reachability, RunState, UnreachableKind,
+};
+use crate::postfix;
+use crate::spec::{self, Runtime, Spec};
+use crate::zfs;
+
+/// Postfix parameters observed on every node and on the archive host.
+pub const POSTFIX_PARAMETERS: &[&str] = &[
+    "recipient_bcc_maps",
+    "enable_long_queue_ids",
+    "smtpd_recipient_restrictions",
+    "relay_domains",
+    "maximal_queue_lifetime",
+];
+
+/// Open connections to the hosts of one spec.
+pub struct Connections {
+    pub nodes: BTreeMap<String, Result<Host, HostError>>,
+    pub archive: Option<Result<Host, HostError>>,
+    pub trips: RoundTrips,
+}
+
+impl Connections {
+    /// The connected host of a node, if reachable.
+    pub fn node(&self, name: &str) -> Option<&Host> {
+        self.nodes.get(name).and_then(|r| r.as_ref().ok())
+    }
+    pub fn archive(&self) -> Option<&Host> {
+        self.archive.as_ref().and_then(|r| r.as_ref().ok())
+    }
+}
+
+/// The transport settings of a spec's `ssh:` block.
+pub fn ssh_config(ssh: &spec::Ssh) -> SshConfig {
+    let mut c = SshConfig::new(ssh.host.clone());
+    c.user = Some(ssh.user.clone());
+    c.port = u16::try_from(ssh.port).ok();
+    c.known_hosts = ssh.known_hosts.clone();
+    c.identity = ssh.identity.clone();
+    if let Some(t) = ssh.connect_timeout {
+        c.connect_timeout = t.as_std();
+    }
+    c
+}
+
+async fn connect_one(
+    label: String,
+    ssh: &spec::Ssh,
+    trips: &RoundTrips,
+) -> Result<Host, HostError> {
+    let h = SshHost::connect(ssh_config(ssh)).await?;
+    Ok(Host::new(label, AnyHost::Ssh(h), trips))
+}
+
+/// Connect to every node and the archive host, concurrently.
+pub async fn connect(s: &Spec) -> Connections {
+    let trips = RoundTrips::default();
+    let nodes = join_all(s.spec.nodes.iter().map(|(n, node)| {
+        let trips = trips.clone();
+        async move {
+            (
+                n.to_string(),
+                connect_one(n.to_string(), &node.ssh, &trips).await,
+            )
+        }
+    }))
+    .await
+    .into_iter()
+    .collect();
+    let archive = match &s.spec.archive {
+        Some(a) => Some(connect_one("archive".into(), &a.ssh, &trips).await),
+        None => None,
+    };
+    Connections {
+        nodes,
+        archive,
+        trips,
+    }
+}
+
+fn unreachable(e: &HostError) -> NodeObservation {
+    NodeObservation::unreachable(
+        e.unreachable_kind().unwrap_or(UnreachableKind::Other),
+        e.to_string(),
+    )
+}
+
+/// Observe every host of a spec, concurrently.
+pub async fn observe(s: &Spec, conns: &Connections) -> Observation {
+    let observed_at = Timestamp::now();
+    let nodes = join_all(s.spec.nodes.keys().map(|n| async move {
+        let obs = match conns.nodes.get(n.as_str()) {
+            Some(Ok(h)) => observe_node(s, n.as_str(), h).await,
+            Some(Err(e)) => unreachable(e),
+            None => NodeObservation::unreachable(UnreachableKind::Other, "not connected"),
+        };
+        (n.to_string(), obs)
+    }))
+    .await
+    .into_iter()
+    .collect();
+    let archive = match &conns.archive {
+        None => None,
+        Some(Err(e)) => Some(ArchiveObservation {
+            reachability: Reachability::Unreachable {
+                kind: e.unreachable_kind().unwrap_or(UnreachableKind::Other),
+                message: e.to_string(),
+            },
+            capabilities: Capabilities::default(),
+            postfix: None,
+            errors: Vec::new(),
+        }),
+        Some(Ok(h)) => Some(observe_archive(h).await),
+    };
+    Observation {
+        observed_at,
+        nodes,
+        archive,
+    }
+}
+
+fn argv(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// First round trip: what the host is (ZFS flavour, jail commands, Postfix) and its clock.
+async fn probe(h: &Host, with_zfs: bool) -> Result<Capabilities, HostError> {
+    let mut cmds = vec![capabilities::date_argv(), postfix::mail_version_argv()];
+    if with_zfs {
+        cmds.push(argv(&["zfs", "version"]));
+        cmds.push(argv(&["zfs"]));
+        cmds.push(capabilities::which_jail_commands_argv());
+    }
+    let before = Timestamp::now();
+    let outs = h.run_batch(&cmds).await?;
+    let after = Timestamp::now();
+    let mut caps = Capabilities::default();
+    if let Some(ns) = outs
+        .first()
+        .filter(|o| o.success())
+        .and_then(|o| capabilities::parse_date(&o.stdout_text()))
+    {
+        let (off, unc) = capabilities::clock_offset_ms(before, after, ns);
+        caps.clock_offset_ms = Some(off);
+        caps.clock_uncertainty_ms = Some(unc);
+    }
+    caps.postfix = outs
+        .get(1)
+        .filter(|o| o.success())
+        .and_then(|o| postfix::detect_capabilities(&o.stdout_text()));
+    if with_zfs {
+        let ver = outs.get(2);
+        let usage = outs.get(3).map(|o| o.stderr_text() + &o.stdout_text());
+        caps.zfs = zfs::detect_capabilities(
+            ver.is_some_and(Output::success),
+            &ver.map(|o| o.stdout_text()).unwrap_or_default(),
+            usage.as_deref().unwrap_or(""),
+        );
+        if let Some(w) = outs.get(4) {
+            caps.jail = capabilities::parse_which(&w.stdout_text());
+        }
+    }
+    Ok(caps)
+}
+
+/// Observe one node: capabilities, then the listing, runtime states and Postfix.
+pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
+    let caps = match probe(h, true).await {
+        Ok(c) => c,
+        Err(e) => return unreachable(&e),
+    };
+    let Some(pool) = s
+        .spec
+        .nodes
+        .iter()
+        .find(|(n, _)| n.as_str() == node)
+        .map(|(_, n)| n.pool.to_string())
+    else {
+        return NodeObservation::unreachable(UnreachableKind::Other, "not in the spec");
+    };
+    let datasets: Vec<String> = s
+        .spec
+        .instances
+        .values()
+        .map(|i| format!("{pool}/{}", i.dataset))
+        .collect();
+    let extra: BTreeSet<&str> = s
+        .spec
+        .instances
+        .values()
+        .flat_map(|i| i.properties.keys().map(String::as_str))
+        .collect();
+    let extra: Vec<&str> = extra.into_iter().collect();
+    let props = zfs::listing_properties(caps.zfs.as_ref(), &[], &extra);
+
+    // Second round trip: everything else, in one batch.
+    let mut cmds = vec![zfs::listing_argv(&props, &datasets)];
+    let uses_ezjail = s
+        .spec
+        .instances
+        .values()
+        .any(|i| matches!(i.runtime, Runtime::Ezjail { .. }));
+    let uses_jail = s
+        .spec
+        .instances
+        .values()
+        .any(|i| matches!(i.runtime, Runtime::Jail { .. }));
+    let ezjail_at = uses_ezjail.then(|| {
+        cmds.push(jail::ezjail_list_argv());
+        cmds.len() - 1
+    });
+    let jls_at = uses_jail.then(|| {
+        cmds.push(jail::jls_json_argv());
+        cmds.len() - 1
+    });
+    let mut exec_at = BTreeMap::new();
+    for (name, inst) in &s.spec.instances {
+        if let Some(a) = jail::runtime_argv(&inst.runtime, RuntimeVerb::Status, name.as_str(), node)
+        {
+            cmds.push(a);
+            exec_at.insert(name.to_string(), cmds.len() - 1);
+        }
+    }
+    let postfix_at = caps.postfix.as_ref().map(|pc| {
+        let names: Vec<String> = POSTFIX_PARAMETERS
+            .iter()
+            .map(|p| (*p).to_string())
+            .collect();
+        cmds.push(postfix::postconf_argv(&names));
+        cmds.push(if pc.postqueue_json {
+            postfix::postqueue_argv()
+        } else {
+            argv(&["true"])
+        });
+        cmds.len() - 2
+    });
+    let outs = match h.run_batch(&cmds).await {
+        Ok(o) => o,
+        Err(e) => return unreachable(&e),
+    };
+    let mut obs = NodeObservation::unreachable(UnreachableKind::Other, "");
+    obs.reachability = Reachability::Reachable;
+    let mut errors = Vec::new();
+
+    // ZFS.
+    if let Some(l) = outs.first() {
+        let stderr = l.stderr_text();
+        match zfs::parse_listing_bytes(&l.stdout) {
+            Ok(ds) => obs.datasets = ds,
+            Err(e) => errors.push(format!("zfs listing: {e}")),
+        }
+        obs.missing_datasets = zfs::missing_datasets(&stderr)
+            .into_iter()
+            .filter(|d| datasets.contains(d))
+            .collect();
+        if !l.success() && !zfs::only_missing_datasets(&stderr) {
+            errors.push(format!("zfs get exited {:?}: {}", l.status, stderr.trim()));
+        }
+    }
+
+    // Instances.
+    let ezjail = ezjail_at.and_then(|i| outs.get(i)).map(|o| {
+        (
+            o.success(),
+            jail::parse_ezjail_list(&o.stdout_text()),
+            o.stderr_text(),
+        )
+    });
+    let jls = jls_at.and_then(|i| outs.get(i)).map(|o| {
+        (
+            o.success(),
+            jail::parse_jls_json(&o.stdout_text()).map_err(|e| e.to_string()),
+            o.stderr_text(),
+        )
+    });
+    for (name, inst) in &s.spec.instances {
+        let state = match &inst.runtime {
+            Runtime::Ezjail { jail: j } => match &ezjail {
+                Some((true, list, _)) => list
+                    .iter()
+                    .find(|e| jail::ezjail_same(&e.hostname, j.as_str()))
+                    .map(|e| e.state())
+                    .unwrap_or_else(|| unknown(format!("jail {j} is not in `ezjail-admin list`"))),
+                Some((false, _, err)) => {
+                    unknown(format!("ezjail-admin list failed: {}", err.trim()))
+                }
+                None => unknown("not listed".into()),
+            },
+            Runtime::Jail { jail: j } => match &jls {
+                Some((true, Ok(jails), _)) => jail::jls_state(jails, j.as_str()),
+                Some((true, Err(e), _)) => unknown(format!("jls output: {e}")),
+                Some((false, _, err)) => unknown(format!("jls failed: {}", err.trim())),
+                None => unknown("not listed".into()),
+            },
+            Runtime::Exec { .. } => match exec_at.get(name.as_str()).and_then(|i| outs.get(*i)) {
+                Some(o) => jail::exec_state(o.status, &o.stderr_text()),
+                None => unknown("status not run".into()),
+            },
+        };
+        obs.instances.insert(name.to_string(), state);
+    }
+
+    // Postfix.
+    if let Some(i) = postfix_at {
+        obs.postfix = Some(read_postfix(&outs[i], &outs[i + 1], &mut errors));
+    }
+    obs.capabilities = caps;
+    obs.errors = errors;
+    obs
+}
+
+fn unknown(detail: String) -> InstanceState {
+    InstanceState {
+        state: RunState::Unknown,
+        detail: Some(detail),
+        norun: None,
+    }
+}
+
+fn read_postfix(conf: &Output, queue: &Output, errors: &mut Vec<String>) -> PostfixObservation {
+    let mut p = PostfixObservation {
+        settings: postfix::parse_postconf(&conf.stdout_text()),
+        queue: Vec::new(),
+    };
+    if queue.success() {
+        match postfix::parse_postqueue(&queue.stdout_text()) {
+            Ok(q) => p.queue = q,
+            Err(e) => errors.push(format!("postqueue -j: {e}")),
+        }
+    } else {
+        errors.push(format!(
+            "postqueue -j exited {:?}: {}",
+            queue.status,
+            queue.stderr_text().trim()
+        ));
+    }
+    p
+}
+
+/// Observe the archive host: clock, Postfix settings and queue.
+pub async fn observe_archive(h: &Host) -> ArchiveObservation {
+    let unreachable_archive = |e: &HostError| ArchiveObservation {
+        reachability: Reachability::Unreachable {
+            kind: e.unreachable_kind().unwrap_or(UnreachableKind::Other),
+            message: e.to_string(),
+        },
+        capabilities: Capabilities::default(),
+        postfix: None,
+        errors: Vec::new(),
+    };
+    let caps = match probe(h, false).await {
+        Ok(c) => c,
+        Err(e) => return unreachable_archive(&e),
+    };
+    let mut errors = Vec::new();
+    let postfix = match &caps.postfix {
+        None => {
+            errors.push("no Postfix found (postconf failed)".into());
+            None
+        }
+        Some(_) => {
+            let names: Vec<String> = POSTFIX_PARAMETERS
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect();
+            match h
+                .run_batch(&[postfix::postconf_argv(&names), postfix::postqueue_argv()])
+                .await
+            {
+                Ok(o) => Some(read_postfix(&o[0], &o[1], &mut errors)),
+                Err(e) => return unreachable_archive(&e),
+            }
+        }
+    };
+    ArchiveObservation {
+        reachability: Reachability::Reachable,
+        capabilities: caps,
+        postfix,
+        errors,
+    }
+}
+
+/// The compact operator view of an observation.
+pub fn text(s: &Spec, o: &Observation) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "cluster {} observed at {}", s.name, o.observed_at);
+    for (name, n) in &o.nodes {
+        let role = if name == s.spec.active.as_str() {
+            "active"
+        } else {
+            "passive"
+        };
+        match &n.reachability {
+            Reachability::Unreachable { kind, message } => {
+                let _ = writeln!(t, "\n{name} ({role}): UNREACHABLE ({kind:?}) {message}");
+                continue;
+            }
+            Reachability::Reachable => {}
+        }
+        let zfs = n
+            .capabilities
+            .zfs
+            .as_ref()
+            .map_or("no zfs".to_string(), |z| {
+                format!(
+                    "{:?}{}",
+                    z.flavour,
+                    z.version
+                        .as_ref()
+                        .map_or(String::new(), |v| format!(" {v}"))
+                )
+            });
+        let clock = n
+            .capabilities
+            .clock_offset_ms
+            .map_or("clock ?".into(), |c| format!("clock {c:+} ms"));
+        let _ = writeln!(t, "\n{name} ({role}): reachable, {zfs}, {clock}");
+        for d in &n.datasets {
+            let newest = d
+                .snapshots
+                .last()
+                .map_or("-".to_string(), |s| s.name.clone());
+            let _ = writeln!(
+                t,
+                "  dataset {} {} {} used {} snapshots {} newest {}",
+                d.name,
+                if d.readonly == Some(true) { "ro" } else { "rw" },
+                if d.mounted == Some(true) {
+                    "mounted"
+                } else {
+                    "unmounted"
+                },
+                d.used
+                    .map_or("?".into(), |u| crate::spec::Size::from_bytes(u).to_string()),
+                d.snapshots.len(),
+                newest
+            );
+        }
+        for m in &n.missing_datasets {
+            let _ = writeln!(t, "  dataset {m} absent");
+        }
+        for (i, st) in &n.instances {
+            let _ = writeln!(
+                t,
+                "  instance {i} {:?}{}",
+                st.state,
+                st.detail
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" ({d})"))
+            );
+        }
+        if let Some(p) = &n.postfix {
+            let _ = writeln!(t, "  postfix queue {} message(s)", p.queue.len());
+        }
+        for e in &n.errors {
+            let _ = writeln!(t, "  error: {e}");
+        }
+    }
+    if let Some(a) = &o.archive {
+        match &a.reachability {
+            Reachability::Unreachable { kind, message } => {
+                let _ = writeln!(t, "\narchive: UNREACHABLE ({kind:?}) {message}");
+            }
+            Reachability::Reachable => {
+                let held = a.postfix.as_ref().map_or(0, |p| p.held().count());
+                let total = a.postfix.as_ref().map_or(0, |p| p.queue.len());
+                let _ = writeln!(t, "\narchive: reachable, {held} held of {total} queued");
+                for e in &a.errors {
+                    let _ = writeln!(t, "  error: {e}");
+                }
+            }
+        }
+    }
+    t
+}
