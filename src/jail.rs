@@ -235,6 +235,17 @@ pub fn exec_state(status: Option<i32>, stderr: &str) -> InstanceState {
     }
 }
 
+/// ezjail names a jail after its hostname with every character outside `[A-Za-z0-9_]`
+/// turned into `_` (`imap-students` runs as `imap_students`): compare that way.
+pub fn ezjail_same(hostname: &str, jail: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    norm(hostname) == norm(jail)
+}
+
 /// What to do with an instance's runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeVerb {
@@ -323,15 +334,4 @@ mod runtime_tests {
             ["/bin/svc", "stop; rm -rf /"]
         );
     }
-}
-
-/// ezjail names a jail after its hostname with every character outside `[A-Za-z0-9_]`
-/// turned into `_` (`imap-students` runs as `imap_students`): compare that way.
-pub fn ezjail_same(hostname: &str, jail: &str) -> bool {
-    let norm = |s: &str| -> String {
-        s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect()
-    };
-    norm(hostname) == norm(jail)
 }
