@@ -50,6 +50,46 @@ pub enum Output {
     Json,
 }
 
+/// Plan rendering formats.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+    Dot,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// A spec file, or a directory of *.yaml spec files.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    output: PlanFormat,
+    /// Save the plan (JSON) for `apply --plan FILE`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// Execute this saved plan (from `plan --out`); refused when the hosts changed since.
+    #[arg(long = "plan")]
+    saved: Option<PathBuf>,
+    /// Where the journal is kept (default: $XDG_STATE_HOME/spoolkeeper).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Break the cluster lock even if another apply seems to hold it.
+    #[arg(long)]
+    force_unlock: bool,
+    /// At most this many actions at once.
+    #[arg(long, default_value_t = 4)]
+    parallelism: usize,
+    /// At most this many actions at once on one host.
+    #[arg(long, default_value_t = 2)]
+    per_host: usize,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Parse and check specs; never touches a host. Exit 0 valid, 1 invalid.
@@ -63,6 +103,29 @@ enum Command {
     },
     /// Print the JSON Schema (draft-07) of the spec, for editors.
     Schema,
+    /// Observe, diff, print the ordered action graph. Exit 0 no changes, 2 changes, 1 error.
+    Plan {
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+    /// Plan and execute (`--dry-run`: exactly `plan`). Exit 0 converged, 1 error, 3 blocked.
+    Reconcile {
+        /// Print the plan and change nothing (same as `plan`).
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        apply: ApplyArgs,
+    },
+    /// Plan and execute; with `--plan FILE`, execute that saved plan unless it is stale.
+    /// Exit 0 converged, 1 error, 3 blocked by a safety rule.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        apply: ApplyArgs,
+    },
     /// Connect to every host and print the observed state. Exit 0 (unreachable hosts are
     /// reported, not fatal), 1 on a bad spec.
     Observe {
@@ -81,6 +144,15 @@ pub fn main() -> ExitCode {
         Command::Validate { file, output } => validate(&file, output),
         Command::Schema => schema(),
         Command::Observe { file, output } => observe(&file, default_output(output)),
+        Command::Plan { plan } => run_plan(&plan, None),
+        Command::Reconcile {
+            dry_run: true,
+            plan,
+            ..
+        } => run_plan(&plan, None),
+        Command::Reconcile { plan, apply, .. } | Command::Apply { plan, apply } => {
+            run_plan(&plan, Some(&apply))
+        }
     };
     ExitCode::from(code)
 }
@@ -249,4 +321,179 @@ fn observe(file: &std::path::Path, output: Output) -> u8 {
         }
     });
     0
+}
+
+fn render(plan: &crate::plan::Plan, s: &spec::Spec, f: PlanFormat) -> String {
+    use crate::plan::render;
+    match f {
+        PlanFormat::Text => render::text(plan, Some(s)),
+        PlanFormat::Json => render::json(plan, Some(s)) + "\n",
+        PlanFormat::Markdown => render::markdown(plan, Some(s)),
+        PlanFormat::Dot => render::dot(plan, Some(s)),
+    }
+}
+
+/// `plan`, `reconcile [--dry-run]` and `apply`: one flow, with or without execution.
+fn run_plan(args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
+    let Some(specs) = load_or_report(&args.file) else {
+        return 1;
+    };
+    let Some(rt) = runtime() else { return 1 };
+    let mut worst = 0u8;
+    for s in &specs {
+        let code = rt.block_on(plan_one(s, args, apply));
+        // 1 (error) and 3 (blocked) outrank 2 (changes) and 0.
+        worst = match (worst, code) {
+            (1, _) | (_, 1) => 1,
+            (3, _) | (_, 3) => 3,
+            (a, b) => a.max(b),
+        };
+    }
+    worst
+}
+
+async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
+    use crate::apply as ex;
+    use crate::plan::{self, render};
+    let state_dir = apply
+        .and_then(|a| a.state_dir.clone())
+        .unwrap_or_else(ex::journal::default_state_dir);
+    let ctx = plan::Context::default();
+    let conns = crate::observe::connect(s).await;
+    let obs = crate::observe::observe(s, &conns).await;
+    let mut p = plan::plan(s, &obs, jiff::Timestamp::now(), &ctx);
+    if let Err(e) = p.order() {
+        eprintln!("{e}");
+        return 1;
+    }
+    let saved = match apply.and_then(|a| a.saved.as_ref()) {
+        Some(path) => match read_saved(path) {
+            Ok(sp) if sp.cluster != s.name.as_str() => {
+                eprintln!(
+                    "{}: the saved plan is for cluster {}, not {}",
+                    path.display(),
+                    sp.cluster,
+                    s.name
+                );
+                return 1;
+            }
+            Ok(sp) => Some(sp),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return 1;
+            }
+        },
+        None => None,
+    };
+    if let Some(sp) = &saved {
+        if sp.fingerprint != p.fingerprint {
+            eprintln!(
+                "stale plan: the hosts changed since it was made (plan {}, now {}); run `plan` again and review it",
+                sp.fingerprint, p.fingerprint
+            );
+            return 1;
+        }
+        match render::from_saved(sp) {
+            Ok(sp) => p = sp,
+            Err(e) => {
+                eprintln!("saved plan: {e}");
+                return 1;
+            }
+        }
+    }
+    if let Some(out) = &args.out {
+        let json = render::json(&p, Some(s));
+        if let Err(e) = std::fs::write(out, json) {
+            eprintln!("cannot write {}: {e}", out.display());
+            return 1;
+        }
+    }
+    let Some(apply) = apply else {
+        print!("{}", render(&p, s, args.output));
+        return if p.is_empty() { 0 } else { 2 };
+    };
+    if p.is_blocked() {
+        print!("{}", render(&p, s, args.output));
+        eprintln!(
+            "apply refused: {} safety rule(s) blocked the plan (see above)",
+            p.blocked.len()
+        );
+        return 3;
+    }
+    if p.graph.node_count() == 0 {
+        print!("{}", render(&p, s, args.output));
+        return 0;
+    }
+    // Changes: take the lock on the active node, then look again under it.
+    let active = s.spec.active.as_str();
+    let Some(lock_host) = conns.node(active) else {
+        eprintln!("active node {active} is not connected");
+        return 1;
+    };
+    if let Err(e) = ex::acquire_lock(lock_host, s.name.as_str(), apply.force_unlock).await {
+        eprintln!("{e}");
+        return 1;
+    }
+    let code = apply_locked(
+        s,
+        &conns,
+        p,
+        saved.is_some(),
+        &ctx,
+        apply,
+        &state_dir,
+        args.output,
+    )
+    .await;
+    ex::release_lock(lock_host, s.name.as_str()).await;
+    code
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_locked(
+    s: &spec::Spec,
+    conns: &crate::observe::Connections,
+    p: crate::plan::Plan,
+    from_saved: bool,
+    ctx: &crate::plan::Context,
+    apply: &ApplyArgs,
+    state_dir: &std::path::Path,
+    output: PlanFormat,
+) -> u8 {
+    use crate::apply::{self as ex, journal::Journal};
+    use crate::plan;
+    let obs = crate::observe::observe(s, conns).await;
+    let fresh = plan::plan(s, &obs, jiff::Timestamp::now(), ctx);
+    let p = if fresh.fingerprint == p.fingerprint {
+        p
+    } else if from_saved {
+        eprintln!("stale plan: the hosts changed while taking the lock; run `plan` again");
+        return 1;
+    } else {
+        tracing::info!("the hosts changed while taking the lock: planning again");
+        fresh
+    };
+    print!("{}", render(&p, s, output));
+    if p.is_blocked() {
+        return 3;
+    }
+    let mut journal = match Journal::open(state_dir, s.name.as_str()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("cannot open the journal under {}: {e}", state_dir.display());
+            return 1;
+        }
+    };
+    let limits = ex::Limits {
+        global: apply.parallelism,
+        per_host: apply.per_host,
+    };
+    let report = ex::execute(s, conns, &p, &mut journal, limits).await;
+    print!("{}", report.text());
+    if report.ok() { 0 } else { 1 }
+}
+
+fn read_saved(path: &std::path::Path) -> Result<crate::plan::SavedPlan, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("not a spoolkeeper plan: {e}"))
 }

@@ -684,6 +684,37 @@ fn has_flag(usage_line: &str, c: char) -> bool {
         .any(|g| g.chars().all(|ch| ch.is_ascii_alphabetic()) && g.contains(c))
 }
 
+/// `zfs create -p -o k=v … dataset`: the dataset and its missing parents, with properties.
+pub fn create_argv(dataset: &str, properties: &BTreeMap<String, String>) -> Vec<String> {
+    let mut v: Vec<String> = vec!["zfs".into(), "create".into(), "-p".into()];
+    for (k, val) in properties {
+        v.push("-o".into());
+        v.push(format!("{k}={val}"));
+    }
+    v.push(dataset.into());
+    v
+}
+
+/// `zfs set k=v dataset`, one property per command (zfs-fuse takes one at a time).
+pub fn set_argv(dataset: &str, property: &str, value: &str) -> Vec<String> {
+    vec![
+        "zfs".into(),
+        "set".into(),
+        format!("{property}={value}"),
+        dataset.into(),
+    ]
+}
+
+/// `zfs mount dataset`.
+pub fn mount_argv(dataset: &str) -> Vec<String> {
+    vec!["zfs".into(), "mount".into(), dataset.into()]
+}
+
+/// `zfs unmount dataset`.
+pub fn unmount_argv(dataset: &str) -> Vec<String> {
+    vec!["zfs".into(), "unmount".into(), dataset.into()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,10 @@ pub use action::{Action, ActionKind, Effect, Target};
 pub use blocked::Blocked;
 pub use graph::{CycleError, Plan};
 
+use crate::jail::{self, RuntimeVerb};
 use crate::observed::{Dataset, NodeObservation, Observation, RunState};
 use crate::spec::{NodeName, Spec};
+use crate::zfs;
 
 /// The version of the JSON plan format (`plan --output json`, `plan --out FILE`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -394,6 +396,55 @@ impl<'a> Planner<'a> {
             }
         }
     }
+}
+
+/// The argv lists one action runs, in order, and where. The same function feeds the
+/// renderers (`plan` shows these commands) and the executor, so the plan is the truth.
+pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
+    let node = match &a.host {
+        Target::Node(n) => n.as_str(),
+        other => return Err(format!("no command for host {other}")),
+    };
+    let runtime = |instance: &str| {
+        spec.spec
+            .instances
+            .iter()
+            .find(|(n, _)| n.as_str() == instance)
+            .map(|(_, i)| &i.runtime)
+            .ok_or_else(|| format!("instance {instance} is not in the spec"))
+    };
+    Ok(match &a.kind {
+        ActionKind::CreateDataset {
+            dataset,
+            properties,
+        } => vec![zfs::create_argv(dataset, properties)],
+        ActionKind::SetProperties {
+            dataset,
+            properties,
+        } => properties
+            .iter()
+            .map(|(k, v)| zfs::set_argv(dataset, k, v))
+            .collect(),
+        ActionKind::SetReadonly { dataset, readonly } => vec![zfs::set_argv(
+            dataset,
+            "readonly",
+            if *readonly { "on" } else { "off" },
+        )],
+        ActionKind::Mount { dataset } => vec![zfs::mount_argv(dataset)],
+        ActionKind::Unmount { dataset } => vec![zfs::unmount_argv(dataset)],
+        ActionKind::StartInstance { instance } => {
+            vec![
+                jail::runtime_argv(runtime(instance)?, RuntimeVerb::Start, instance, node)
+                    .ok_or("no start command")?,
+            ]
+        }
+        ActionKind::StopInstance { instance } => {
+            vec![
+                jail::runtime_argv(runtime(instance)?, RuntimeVerb::Stop, instance, node)
+                    .ok_or("no stop command")?,
+            ]
+        }
+    })
 }
 
 /// Plans serialised for `plan --out` and read back by `apply --plan`.

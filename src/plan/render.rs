@@ -7,6 +7,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use super::{Action, ActionKind, Blocked, Effect, FORMAT_VERSION, Plan, SavedPlan, Target};
+use crate::spec::Spec;
 
 /// One action in the JSON plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,9 @@ pub struct JsonAction {
     pub effect: Effect,
     pub depends_on: Vec<String>,
     pub reason: String,
+    /// The exact argv(s) the executor runs for this action, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<Vec<String>>,
 }
 
 /// One blocked rule in the JSON plan.
@@ -68,7 +72,7 @@ impl Summary {
 }
 
 /// The JSON value of a plan (stable; see docs/ARCHITECTURE.md "JSON plan").
-pub fn to_saved(plan: &Plan) -> SavedPlan {
+pub fn to_saved(plan: &Plan, spec: Option<&Spec>) -> SavedPlan {
     let order = plan.order().unwrap_or_default();
     let step: BTreeMap<_, _> = order.iter().enumerate().map(|(i, n)| (*n, i + 1)).collect();
     let actions = order
@@ -89,6 +93,9 @@ pub fn to_saved(plan: &Plan) -> SavedPlan {
                 effect: a.kind.effect(),
                 depends_on: deps.into_iter().map(|(_, id)| id).collect(),
                 reason: a.reason.clone(),
+                commands: spec
+                    .and_then(|s| super::commands(s, a).ok())
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -143,8 +150,8 @@ pub fn from_saved(saved: &SavedPlan) -> Result<Plan, String> {
     Ok(plan)
 }
 
-pub fn json(plan: &Plan) -> String {
-    let saved = to_saved(plan);
+pub fn json(plan: &Plan, spec: Option<&Spec>) -> String {
+    let saved = to_saved(plan, spec);
     let mut v = serde_json::to_value(&saved).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert(
@@ -160,8 +167,8 @@ pub fn json(plan: &Plan) -> String {
 }
 
 /// Text for a terminal: grouped by host, numbered in execution order, with reasons.
-pub fn text(plan: &Plan) -> String {
-    let saved = to_saved(plan);
+pub fn text(plan: &Plan, spec: Option<&Spec>) -> String {
+    let saved = to_saved(plan, spec);
     let step_of: BTreeMap<&str, usize> = saved
         .actions
         .iter()
@@ -197,6 +204,9 @@ pub fn text(plan: &Plan) -> String {
                 }
             );
             let _ = writeln!(o, "         why: {}", a.reason);
+            for c in &a.commands {
+                let _ = writeln!(o, "         $ {}", crate::host::remote_command_line(c));
+            }
         }
     }
     if !saved.blocked.is_empty() {
@@ -220,8 +230,8 @@ impl JsonAction {
 }
 
 /// Markdown for a merge-request comment.
-pub fn markdown(plan: &Plan) -> String {
-    let saved = to_saved(plan);
+pub fn markdown(plan: &Plan, spec: Option<&Spec>) -> String {
+    let saved = to_saved(plan, spec);
     let mut o = String::new();
     let _ = writeln!(o, "### spoolkeeper plan for `{}`\n", plan.cluster);
     let _ = writeln!(o, "Observed state `{}`.\n", plan.fingerprint);
@@ -277,8 +287,8 @@ fn md_escape(s: &str) -> String {
 }
 
 /// Graphviz dot: one node per action, edges for dependencies, blocked rules as notes.
-pub fn dot(plan: &Plan) -> String {
-    let saved = to_saved(plan);
+pub fn dot(plan: &Plan, spec: Option<&Spec>) -> String {
+    let saved = to_saved(plan, spec);
     let mut o = String::from(
         "digraph plan {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
     );

@@ -134,8 +134,8 @@ fn a_converged_cluster_plans_nothing() {
         now(),
         &Context::default(),
     );
-    assert!(p.is_empty(), "{}", render::text(&p));
-    assert!(render::text(&p).contains("No changes"));
+    assert!(p.is_empty(), "{}", render::text(&p, None));
+    assert!(render::text(&p, None).contains("No changes"));
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
         NodeObservation::unreachable(UnreachableKind::Timeout, "no answer in 5s"),
     );
     let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
-    assert!(!p.is_blocked(), "{}", render::text(&p));
+    assert!(!p.is_blocked(), "{}", render::text(&p, None));
     assert!(p.notes.iter().any(|n| n.contains("node-b is unreachable")));
 
     o.nodes
@@ -229,7 +229,7 @@ fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
         now(),
         &Context::default(),
     );
-    assert!(!p.is_blocked(), "{}", render::text(&p));
+    assert!(!p.is_blocked(), "{}", render::text(&p, None));
     assert!(kinds(&p).contains(&"node-a:start_instance:staff".to_string()));
     // Fenced by a fencing command that succeeded: same.
     let ctx = Context {
@@ -302,7 +302,7 @@ fn the_four_renderers_show_the_same_steps() {
     let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
     let ids = kinds(&p);
     assert_eq!(ids.len(), 2);
-    let json: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render::json(&p, None)).unwrap();
     let json_ids: Vec<&str> = json["actions"]
         .as_array()
         .unwrap()
@@ -312,7 +312,11 @@ fn the_four_renderers_show_the_same_steps() {
     assert_eq!(json_ids, ids);
     assert_eq!(json["format_version"], 1);
     assert_eq!(json["fingerprint"], p.fingerprint);
-    let (text, md, dot) = (render::text(&p), render::markdown(&p), render::dot(&p));
+    let (text, md, dot) = (
+        render::text(&p, None),
+        render::markdown(&p, None),
+        render::dot(&p, None),
+    );
     for a in p.actions() {
         let s = a.kind.summary();
         assert!(
@@ -451,7 +455,7 @@ proptest! {
             effect::apply(&mut after, a);
         }
         let again = plan(&spec, &after, now(), &Context::default());
-        prop_assert!(again.graph.node_count() == 0, "not converged:\n{}\nthen:\n{}", render::text(&p), render::text(&again));
+        prop_assert!(again.graph.node_count() == 0, "not converged:\n{}\nthen:\n{}", render::text(&p, None), render::text(&again, None));
     }
 
     /// Never two actives, never two writable copies, whatever was observed.
@@ -472,7 +476,7 @@ proptest! {
                     .into_iter()
                     .filter(|n| *n != active)
                     .collect();
-                prop_assert!(others.is_empty(), "{instance} started on {active} while it may run on {others:?}\n{}", render::text(&p));
+                prop_assert!(others.is_empty(), "{instance} started on {active} while it may run on {others:?}\n{}", render::text(&p, None));
             }
             if let ActionKind::SetReadonly { readonly: false, dataset } = &a.kind {
                 prop_assert_eq!(&a.host, &Target::Node(active.clone()), "{} made writable off the active", dataset);

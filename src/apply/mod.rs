@@ -1,0 +1,305 @@
+//! The executor: walks a plan's DAG and runs each action through its adapter.
+//!
+//! Terraform's walk: an action starts when all it depends on is done; when one fails,
+//! everything downstream is skipped as "upstream failed" and independent branches go on.
+//! Parallelism is bounded globally and per host. Each action runs in a tracing span with
+//! its id and is journaled before and after.
+
+pub mod journal;
+pub mod lock;
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use petgraph::Direction;
+
+use crate::host::Host;
+use crate::observe::Connections;
+use crate::plan::{Action, Plan, Target, commands};
+use crate::spec::Spec;
+
+use journal::{Journal, Phase};
+
+/// How many actions may run at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub global: usize,
+    pub per_host: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            global: 4,
+            per_host: 2,
+        }
+    }
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed(String),
+    /// Not run because `upstream` (an action it depends on, directly or not) failed.
+    Skipped {
+        upstream: String,
+    },
+}
+
+/// The result of an apply run, in plan order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| *o == Outcome::Done)
+    }
+
+    /// The actions that failed by themselves (the root causes), not those skipped.
+    pub fn root_causes(&self) -> Vec<(&str, &str)> {
+        self.outcomes
+            .iter()
+            .filter_map(|(id, o)| match o {
+                Outcome::Failed(e) => Some((id.as_str(), e.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        let done = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Done)
+            .count();
+        let skipped = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Skipped { .. }))
+            .count();
+        let failed = self.root_causes();
+        let _ = writeln!(
+            t,
+            "Apply: {done} done, {} failed, {skipped} skipped (upstream failed).",
+            failed.len()
+        );
+        for (id, e) in failed {
+            let _ = writeln!(t, "  FAILED {id}: {e}");
+        }
+        t
+    }
+}
+
+/// Run a plan. Blocked plans must not reach here (the caller checks).
+pub async fn execute(
+    spec: &Spec,
+    conns: &Connections,
+    plan: &Plan,
+    journal: &mut Journal,
+    limits: Limits,
+) -> Report {
+    let order = match plan.order() {
+        Ok(o) => o,
+        Err(e) => {
+            return Report {
+                outcomes: vec![("plan".into(), Outcome::Failed(e.to_string()))],
+            };
+        }
+    };
+    let mut outcome: HashMap<petgraph::graph::NodeIndex, Outcome> = HashMap::new();
+    let mut running_per_host: BTreeMap<Target, usize> = BTreeMap::new();
+    let mut running = FuturesUnordered::new();
+    let mut started: std::collections::HashSet<petgraph::graph::NodeIndex> = Default::default();
+
+    loop {
+        // Start (or skip) every action whose dependencies are settled, in plan order.
+        for id in &order {
+            if started.contains(id) {
+                continue;
+            }
+            let deps: Vec<_> = plan
+                .graph
+                .neighbors_directed(*id, Direction::Incoming)
+                .collect();
+            if deps.iter().any(|d| !outcome.contains_key(d)) {
+                continue;
+            }
+            let a = &plan.graph[*id];
+            if let Some(up) = deps.iter().find_map(|d| match &outcome[d] {
+                Outcome::Done => None,
+                Outcome::Failed(_) => Some(plan.graph[*d].id.clone()),
+                Outcome::Skipped { upstream } => Some(upstream.clone()),
+            }) {
+                started.insert(*id);
+                let _ = journal.record(
+                    &a.id,
+                    Phase::Skipped,
+                    Some(format!("upstream failed: {up}")),
+                );
+                tracing::warn!(action = %a.id, upstream = %up, "skipped: upstream failed");
+                outcome.insert(*id, Outcome::Skipped { upstream: up });
+                continue;
+            }
+            let busy = running_per_host.get(&a.host).copied().unwrap_or(0);
+            if running.len() >= limits.global.max(1) || busy >= limits.per_host.max(1) {
+                continue;
+            }
+            started.insert(*id);
+            *running_per_host.entry(a.host.clone()).or_default() += 1;
+            if let Err(e) = journal.record(&a.id, Phase::Start, None) {
+                // No durable record, no action: the journal is what makes a rerun safe.
+                outcome.insert(*id, Outcome::Failed(format!("journal write failed: {e}")));
+                *running_per_host.entry(a.host.clone()).or_default() -= 1;
+                continue;
+            }
+            let id = *id;
+            running.push(async move {
+                let span = tracing::info_span!("action", id = %a.id, host = %a.host);
+                let _g = span.enter();
+                tracing::info!(summary = %a.kind.summary(), "start");
+                let r = run_action(spec, conns, a).await;
+                (id, r)
+            });
+        }
+        let Some((id, r)) = running.next().await else {
+            break;
+        };
+        let a = &plan.graph[id];
+        if let Some(n) = running_per_host.get_mut(&a.host) {
+            *n -= 1;
+        }
+        match r {
+            Ok(()) => {
+                let _ = journal.record(&a.id, Phase::Done, None);
+                tracing::info!(action = %a.id, "done");
+                outcome.insert(id, Outcome::Done);
+            }
+            Err(e) => {
+                let _ = journal.record(&a.id, Phase::Failed, Some(e.clone()));
+                tracing::error!(action = %a.id, error = %e, "failed");
+                outcome.insert(id, Outcome::Failed(e));
+            }
+        }
+    }
+    Report {
+        outcomes: order
+            .iter()
+            .map(|id| {
+                (
+                    plan.graph[*id].id.clone(),
+                    outcome
+                        .remove(id)
+                        .unwrap_or(Outcome::Failed("not run".into())),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, String> {
+    match t {
+        Target::Node(n) => conns.node(n).ok_or_else(|| format!("{n} is not connected")),
+        Target::Archive => conns
+            .archive()
+            .ok_or_else(|| "archive host is not connected".into()),
+        Target::Controller => Err("controller actions are not run through a host".into()),
+    }
+}
+
+async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), String> {
+    let host = host_of(conns, &a.host)?;
+    for argv in commands(spec, a)? {
+        let out = host.run(&argv).await.map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!(
+                "`{}` exited {}: {}",
+                argv.join(" "),
+                out.status.map_or("by a signal".into(), |c| c.to_string()),
+                out.stderr_text().trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another apply holds the lock of cluster {cluster} on {node}: {holder}; wait for it, or if it is dead run again with --force-unlock"
+    )]
+    Held {
+        cluster: String,
+        node: String,
+        holder: String,
+    },
+    #[error("cannot take the lock on {node}: {detail}")]
+    Failed { node: String, detail: String },
+}
+
+/// Take the cluster lock on `host` (the active node). A stale lock of a dead process of
+/// this controller is taken over; `force` breaks any lock.
+pub async fn acquire_lock(host: &Host, cluster: &str, force: bool) -> Result<(), LockError> {
+    let me = lock::Holder::me();
+    for attempt in 0..2 {
+        let out = host
+            .run(&lock::acquire_argv(cluster, &me))
+            .await
+            .map_err(|e| LockError::Failed {
+                node: host.label().into(),
+                detail: e.to_string(),
+            })?;
+        if out.success() {
+            return Ok(());
+        }
+        let read = host.run(&lock::read_argv(cluster)).await.ok();
+        let text = read.map(|o| o.stdout_text()).unwrap_or_default();
+        let holder = lock::Holder::decode(&text);
+        let stale = holder.as_ref().is_some_and(lock::Holder::is_stale_here);
+        if attempt == 0 && (force || stale) {
+            tracing::warn!(
+                holder = %holder.as_ref().map_or(text.trim().to_string(), |h| h.to_string()),
+                forced = force,
+                "breaking the cluster lock"
+            );
+            let _ = host.run(&lock::release_argv(cluster)).await;
+            continue;
+        }
+        return Err(LockError::Held {
+            cluster: cluster.into(),
+            node: host.label().into(),
+            holder: holder.map_or_else(
+                || format!("unreadable lock `{}`", text.trim()),
+                |h| h.to_string(),
+            ),
+        });
+    }
+    Err(LockError::Failed {
+        node: host.label().into(),
+        detail: "lock still present after breaking it".into(),
+    })
+}
+
+/// Release the cluster lock if we hold it.
+pub async fn release_lock(host: &Host, cluster: &str) {
+    let ours = host
+        .run(&lock::read_argv(cluster))
+        .await
+        .ok()
+        .and_then(|o| lock::Holder::decode(&o.stdout_text()))
+        .is_some_and(|h| {
+            h.pid == std::process::id()
+                && h == lock::Holder {
+                    since: h.since,
+                    ..lock::Holder::me()
+                }
+        });
+    if ours {
+        let _ = host.run(&lock::release_argv(cluster)).await;
+    }
+}
