@@ -69,6 +69,10 @@ struct PlanArgs {
     /// Save the plan (JSON) for `apply --plan FILE`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where the journal is kept (default: $SPOOLKEEPER_STATE_DIR, else
+    /// $XDG_STATE_HOME/spoolkeeper, else ~/.local/state/spoolkeeper).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -76,9 +80,6 @@ struct ApplyArgs {
     /// Execute this saved plan (from `plan --out`); refused when the hosts changed since.
     #[arg(long = "plan")]
     saved: Option<PathBuf>,
-    /// Where the journal is kept (default: $XDG_STATE_HOME/spoolkeeper).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
     /// Break the cluster lock even if another apply seems to hold it.
     #[arg(long)]
     force_unlock: bool,
@@ -355,10 +356,11 @@ fn run_plan(args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
 async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
     use crate::apply as ex;
     use crate::plan::{self, render};
-    let state_dir = apply
-        .and_then(|a| a.state_dir.clone())
+    let state_dir = args
+        .state_dir
+        .clone()
         .unwrap_or_else(ex::journal::default_state_dir);
-    let ctx = plan::Context::default();
+    let ctx = ex::journal::context(&ex::journal::Journal::read(&state_dir, s.name.as_str()));
     let conns = crate::observe::connect(s).await;
     let obs = crate::observe::observe(s, &conns).await;
     let mut p = plan::plan(s, &obs, jiff::Timestamp::now(), &ctx);

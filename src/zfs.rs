@@ -715,6 +715,136 @@ pub fn unmount_argv(dataset: &str) -> Vec<String> {
     vec!["zfs".into(), "unmount".into(), dataset.into()]
 }
 
+/// `zfs snapshot dataset@name`.
+pub fn snapshot_argv(dataset: &str, name: &str) -> Vec<String> {
+    vec!["zfs".into(), "snapshot".into(), format!("{dataset}@{name}")]
+}
+
+/// `zfs send [-I @base] dataset@to`, or `zfs send -t TOKEN` to resume.
+pub fn send_argv(
+    dataset: &str,
+    base: Option<&str>,
+    to: &str,
+    resume_token: Option<&str>,
+) -> Vec<String> {
+    if let Some(t) = resume_token {
+        return vec!["zfs".into(), "send".into(), "-t".into(), t.into()];
+    }
+    let mut v: Vec<String> = vec!["zfs".into(), "send".into()];
+    if let Some(b) = base {
+        v.push("-I".into());
+        v.push(format!("@{b}"));
+    }
+    v.push(format!("{dataset}@{to}"));
+    v
+}
+
+/// `zfs receive -u [-s] -d POOL`: unmounted, under the target pool with the sent path (`-d`
+/// creates missing parents), never `-F` (a modified replica makes the receive fail instead of
+/// being rolled back silently).
+pub fn receive_argv(pool: &str, resumable: bool) -> Vec<String> {
+    let mut v: Vec<String> = vec!["zfs".into(), "receive".into(), "-u".into()];
+    if resumable {
+        v.push("-s".into());
+    }
+    v.push("-d".into());
+    v.push(pool.into());
+    v
+}
+
+/// `zfs hold spoolkeeper dataset@snapshot`.
+pub fn hold_argv(dataset: &str, snapshot: &str) -> Vec<String> {
+    vec![
+        "zfs".into(),
+        "hold".into(),
+        HOLD_TAG.into(),
+        format!("{dataset}@{snapshot}"),
+    ]
+}
+
+/// `zfs release spoolkeeper dataset@snapshot`.
+pub fn release_argv(dataset: &str, snapshot: &str) -> Vec<String> {
+    vec![
+        "zfs".into(),
+        "release".into(),
+        HOLD_TAG.into(),
+        format!("{dataset}@{snapshot}"),
+    ]
+}
+
+/// The hold tag spoolkeeper puts on replication bases.
+pub const HOLD_TAG: &str = "spoolkeeper";
+
+/// `zfs destroy dataset@a,b,c` (batched where supported) or one per snapshot. Names are
+/// checked by `retention::destroy_batches`, which refuses anything that `zfs destroy` could
+/// read as a list or a range.
+pub fn destroy_argvs(
+    dataset: &str,
+    snapshots: &[String],
+    batch: bool,
+) -> Result<Vec<Vec<String>>, String> {
+    let batches = crate::retention::destroy_batches(dataset, snapshots, batch, 64 * 1024)
+        .map_err(|e| e.to_string())?;
+    Ok(batches
+        .into_iter()
+        .map(|args| {
+            let mut v: Vec<String> = vec!["zfs".into(), "destroy".into()];
+            v.extend(args);
+            v
+        })
+        .collect())
+}
+
+/// How the source node reaches the target for a direct stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectTarget {
+    pub host: String,
+    pub user: String,
+    pub port: u32,
+    pub known_hosts: Option<String>,
+    pub identity: Option<String>,
+}
+
+/// `ssh` argv run on the source node to reach the target, strict host keys, no prompts.
+pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "ssh".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+    ];
+    if let Some(k) = &t.known_hosts {
+        v.push("-o".into());
+        v.push(format!("UserKnownHostsFile={k}"));
+    }
+    if let Some(i) = &t.identity {
+        v.push("-i".into());
+        v.push(i.clone());
+    }
+    v.push("-p".into());
+    v.push(t.port.to_string());
+    v.push("-l".into());
+    v.push(t.user.clone());
+    v.push(t.host.clone());
+    v.push("--".into());
+    // ssh joins its arguments into one string for the remote shell: quote each for it.
+    v.push(crate::host::remote_command_line(remote));
+    v
+}
+
+/// The direct transport: one `sh -c 'zfs send … | ssh target zfs receive …'` on the source.
+/// Every argument is quoted; the receive's exit status is the pipeline's (a failed or
+/// truncated send makes the receive fail).
+pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
+    let q = |v: &[String]| crate::host::remote_command_line(v);
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{} | {}", q(send), q(ssh)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

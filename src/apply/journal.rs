@@ -23,6 +23,10 @@ pub struct Record {
     pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The whole action, on `done` records: what later plans learn from (holds put,
+    /// fencing that succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<crate::plan::Action>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,13 +67,29 @@ impl Journal {
         phase: Phase,
         detail: Option<String>,
     ) -> std::io::Result<()> {
-        let r = Record {
+        self.write(Record {
             at: Timestamp::now(),
             run: self.run.clone(),
             action: action.to_owned(),
             phase,
             detail,
-        };
+            done: None,
+        })
+    }
+
+    /// Record a completed action with its content.
+    pub fn record_done(&mut self, a: &crate::plan::Action) -> std::io::Result<()> {
+        self.write(Record {
+            at: Timestamp::now(),
+            run: self.run.clone(),
+            action: a.id.clone(),
+            phase: Phase::Done,
+            detail: None,
+            done: Some(a.clone()),
+        })
+    }
+
+    fn write(&mut self, r: Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&r).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line)?;
@@ -88,6 +108,18 @@ impl Journal {
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
     }
+}
+
+/// What the planner must know from past applies: the journal folded through
+/// [`crate::plan::Context::learn`].
+pub fn context(records: &[Record]) -> crate::plan::Context {
+    let mut ctx = crate::plan::Context::default();
+    for r in records {
+        if let (Phase::Done, Some(a)) = (r.phase, &r.done) {
+            ctx.learn(a);
+        }
+    }
+    ctx
 }
 
 /// The default state directory: `$SPOOLKEEPER_STATE_DIR`, else `$XDG_STATE_HOME/spoolkeeper`,

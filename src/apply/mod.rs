@@ -15,7 +15,7 @@ use petgraph::Direction;
 
 use crate::host::Host;
 use crate::observe::Connections;
-use crate::plan::{Action, Plan, Target, commands};
+use crate::plan::{Action, ActionKind, Plan, Target, commands};
 use crate::spec::Spec;
 
 use journal::{Journal, Phase};
@@ -175,7 +175,7 @@ pub async fn execute(
         }
         match r {
             Ok(()) => {
-                let _ = journal.record(&a.id, Phase::Done, None);
+                let _ = journal.record_done(a);
                 tracing::info!(action = %a.id, "done");
                 outcome.insert(id, Outcome::Done);
             }
@@ -212,9 +212,33 @@ fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, String> {
 }
 
 async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), String> {
+    if let ActionKind::Replicate {
+        source,
+        target,
+        relay: true,
+        ..
+    } = &a.kind
+    {
+        let cmds = commands(spec, a)?;
+        let (send, recv) = match cmds.as_slice() {
+            [s, r] => (s, r),
+            _ => return Err("relay replication needs a send and a receive".into()),
+        };
+        return relay(
+            host_of(conns, &Target::Node(source.clone()))?,
+            host_of(conns, &Target::Node(target.clone()))?,
+            send,
+            recv,
+        )
+        .await;
+    }
     let host = host_of(conns, &a.host)?;
     for argv in commands(spec, a)? {
         let out = host.run(&argv).await.map_err(|e| e.to_string())?;
+        if !out.success() && already_done(&a.kind, &out.stderr_text()) {
+            tracing::info!(action = %a.id, "already in place");
+            continue;
+        }
         if !out.success() {
             return Err(format!(
                 "`{}` exited {}: {}",
@@ -224,6 +248,53 @@ async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), 
             ));
         }
     }
+    Ok(())
+}
+
+/// Holds and releases are idempotent: a hold that exists or a release of a hold that is
+/// gone is the wanted state (a journal lost or an apply killed between the two records).
+fn already_done(kind: &ActionKind, stderr: &str) -> bool {
+    let e = stderr.to_ascii_lowercase();
+    match kind {
+        ActionKind::Hold { .. } => e.contains("tag already exists"),
+        ActionKind::Release { .. } => e.contains("no such tag"),
+        _ => false,
+    }
+}
+
+/// The relay transport: `zfs send` on the source, `zfs receive` on the target, the stream
+/// copied through the controller. The receive's status decides; a failed send makes the
+/// receive see a truncated stream and fail.
+async fn relay(src: &Host, dst: &Host, send: &[String], recv: &[String]) -> Result<(), String> {
+    let mut sender = src.spawn(send).await.map_err(|e| e.to_string())?;
+    let mut receiver = dst.spawn(recv).await.map_err(|e| e.to_string())?;
+    let copied = tokio::io::copy(&mut sender.stdout, &mut receiver.stdin).await;
+    // Close the receive's stdin (drop it: a tokio pipe's shutdown does not close it) so it
+    // sees the end of the stream.
+    let _ = tokio::io::AsyncWriteExt::flush(&mut receiver.stdin).await;
+    drop(std::mem::replace(
+        &mut receiver.stdin,
+        Box::pin(tokio::io::sink()),
+    ));
+    let sent = sender.wait().await.map_err(|e| e.to_string())?;
+    let received = receiver.wait().await.map_err(|e| e.to_string())?;
+    let bytes = copied.map_err(|e| format!("relaying the stream: {e}"))?;
+    if !received.success() {
+        return Err(format!(
+            "zfs receive exited {:?}: {} (send: {})",
+            received.status,
+            received.stderr_text().trim(),
+            sent.stderr_text().trim()
+        ));
+    }
+    if !sent.success() {
+        return Err(format!(
+            "zfs send exited {:?}: {}",
+            sent.status,
+            sent.stderr_text().trim()
+        ));
+    }
+    tracing::info!(bytes, "relayed");
     Ok(())
 }
 

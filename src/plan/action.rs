@@ -77,6 +77,37 @@ pub enum ActionKind {
     StartInstance { instance: String },
     /// Stop the instance's jail (or exec service) on the target node.
     StopInstance { instance: String },
+    /// `zfs snapshot dataset@name`.
+    Snapshot { dataset: String, name: String },
+    /// Send `source_dataset@to` (incrementally from `base` with `-I` when given) from node
+    /// `source` to node `target`, received unmounted (`-u`) under the target's pool (`-d`).
+    /// Runs on the source node (`direct`) or on the controller (`relay`).
+    Replicate {
+        instance: String,
+        source: String,
+        source_dataset: String,
+        target: String,
+        target_pool: String,
+        target_dataset: String,
+        base: Option<String>,
+        to: String,
+        relay: bool,
+        /// Resume an interrupted receive (`zfs send -t`), where the hosts support it.
+        resume_token: Option<String>,
+        /// Receive with `-s` (resumable) where the target supports it.
+        resumable: bool,
+    },
+    /// `zfs hold spoolkeeper dataset@snapshot`: nothing can destroy the replication base.
+    Hold { dataset: String, snapshot: String },
+    /// `zfs release spoolkeeper dataset@snapshot`: the base moved on.
+    Release { dataset: String, snapshot: String },
+    /// Destroy snapshots the retention policy owns and no longer keeps. `batch` is the
+    /// host's comma syntax support: one command for all, else one per snapshot.
+    DestroySnapshots {
+        dataset: String,
+        snapshots: Vec<String>,
+        batch: bool,
+    },
 }
 
 impl ActionKind {
@@ -90,6 +121,11 @@ impl ActionKind {
             ActionKind::Unmount { .. } => "unmount",
             ActionKind::StartInstance { .. } => "start_instance",
             ActionKind::StopInstance { .. } => "stop_instance",
+            ActionKind::Snapshot { .. } => "snapshot",
+            ActionKind::Replicate { .. } => "replicate",
+            ActionKind::Hold { .. } => "hold",
+            ActionKind::Release { .. } => "release",
+            ActionKind::DestroySnapshots { .. } => "destroy_snapshots",
         }
     }
 
@@ -97,16 +133,22 @@ impl ActionKind {
         match self {
             ActionKind::CreateDataset { .. }
             | ActionKind::Mount { .. }
-            | ActionKind::StartInstance { .. } => Effect::Create,
+            | ActionKind::StartInstance { .. }
+            | ActionKind::Snapshot { .. }
+            | ActionKind::Replicate { .. }
+            | ActionKind::Hold { .. } => Effect::Create,
             ActionKind::SetProperties { .. } | ActionKind::SetReadonly { .. } => Effect::Change,
-            ActionKind::Unmount { .. } | ActionKind::StopInstance { .. } => Effect::Remove,
+            ActionKind::Unmount { .. }
+            | ActionKind::StopInstance { .. }
+            | ActionKind::Release { .. }
+            | ActionKind::DestroySnapshots { .. } => Effect::Remove,
         }
     }
 
     /// Does running it twice lose anything? Destructive actions are journaled and never
     /// repeated blindly after an interruption.
     pub fn destructive(&self) -> bool {
-        false
+        matches!(self, ActionKind::DestroySnapshots { .. })
     }
 
     /// One line for people: "create dataset zdata/imap/students (compression=lz4)".
@@ -138,6 +180,43 @@ impl ActionKind {
             ActionKind::Unmount { dataset } => format!("unmount {dataset}"),
             ActionKind::StartInstance { instance } => format!("start instance {instance}"),
             ActionKind::StopInstance { instance } => format!("stop instance {instance}"),
+            ActionKind::Snapshot { dataset, name } => format!("snapshot {dataset}@{name}"),
+            ActionKind::Replicate {
+                source,
+                source_dataset,
+                target,
+                target_dataset,
+                base,
+                to,
+                relay,
+                resume_token,
+                ..
+            } => format!(
+                "replicate {source_dataset}@{to} {} from {source} to {target}:{target_dataset}{}",
+                match (resume_token, base) {
+                    (Some(_), _) => "(resuming an interrupted stream)".to_string(),
+                    (None, Some(b)) => format!("(incremental from @{b})"),
+                    (None, None) => "(full stream)".to_string(),
+                },
+                if *relay {
+                    " through the controller"
+                } else {
+                    ""
+                }
+            ),
+            ActionKind::Hold { dataset, snapshot } => {
+                format!("hold {dataset}@{snapshot} (tag spoolkeeper)")
+            }
+            ActionKind::Release { dataset, snapshot } => {
+                format!("release {dataset}@{snapshot} (tag spoolkeeper)")
+            }
+            ActionKind::DestroySnapshots {
+                dataset, snapshots, ..
+            } => format!(
+                "destroy {} snapshot(s) of {dataset}: {}",
+                snapshots.len(),
+                snapshots.join(", ")
+            ),
         }
     }
 }
@@ -165,6 +244,17 @@ impl Action {
             | ActionKind::Unmount { dataset } => dataset.clone(),
             ActionKind::StartInstance { instance } | ActionKind::StopInstance { instance } => {
                 instance.clone()
+            }
+            ActionKind::Snapshot { dataset, .. } | ActionKind::DestroySnapshots { dataset, .. } => {
+                dataset.clone()
+            }
+            ActionKind::Replicate {
+                source_dataset,
+                target,
+                ..
+            } => format!("{source_dataset}->{target}"),
+            ActionKind::Hold { dataset, snapshot } | ActionKind::Release { dataset, snapshot } => {
+                format!("{dataset}@{snapshot}")
             }
         };
         Action {

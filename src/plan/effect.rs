@@ -3,12 +3,26 @@
 //! Used by the property tests (plan, apply the effects, plan again: nothing left to do) and
 //! by the executor's dry-run bookkeeping. Each arm states what the action promises.
 
-use crate::observed::{Dataset, DatasetKind, InstanceState, Observation, RunState};
+use jiff::Timestamp;
+
+use crate::observed::{Dataset, DatasetKind, InstanceState, Observation, RunState, Snapshot};
 
 use super::{Action, ActionKind, Target};
 
 /// Apply the promised effect of `a` to `obs`.
 pub fn apply(obs: &mut Observation, a: &Action) {
+    if let ActionKind::Replicate {
+        source,
+        source_dataset,
+        target,
+        target_dataset,
+        to,
+        ..
+    } = &a.kind
+    {
+        replicate(obs, source, source_dataset, target, target_dataset, to);
+        return;
+    }
     let Target::Node(node) = &a.host else { return };
     let Some(n) = obs.nodes.get_mut(node) else {
         return;
@@ -72,6 +86,49 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                 },
             );
         }
+        ActionKind::Snapshot { dataset, name } => {
+            let at = obs_now(name);
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                let txg = d
+                    .snapshots
+                    .iter()
+                    .filter_map(|s| s.createtxg)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                d.snapshots.push(Snapshot {
+                    name: name.clone(),
+                    guid: fake_guid(dataset, name),
+                    creation: at,
+                    createtxg: Some(txg),
+                    userrefs: 0,
+                    used: 0,
+                });
+            }
+        }
+        ActionKind::Hold { dataset, snapshot } | ActionKind::Release { dataset, snapshot } => {
+            let hold = matches!(a.kind, ActionKind::Hold { .. });
+            if let Some(s) = n
+                .datasets
+                .iter_mut()
+                .find(|d| d.name == *dataset)
+                .and_then(|d| d.snapshots.iter_mut().find(|s| s.name == *snapshot))
+            {
+                if hold {
+                    s.userrefs += 1;
+                } else {
+                    s.userrefs = s.userrefs.saturating_sub(1);
+                }
+            }
+        }
+        ActionKind::DestroySnapshots {
+            dataset, snapshots, ..
+        } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                d.snapshots.retain(|s| !snapshots.contains(&s.name));
+            }
+        }
+        ActionKind::Replicate { .. } => {}
         ActionKind::StopInstance { instance } => {
             n.instances.insert(
                 instance.clone(),
@@ -81,6 +138,68 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                     norun: None,
                 },
             );
+        }
+    }
+}
+
+/// A snapshot's creation as the name we gave it says (names carry the controller's clock).
+fn obs_now(name: &str) -> Timestamp {
+    name.rsplit_once('_')
+        .and_then(|(p, _)| crate::retention::parse_owned(p, name))
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A stable stand-in guid for a simulated snapshot.
+fn fake_guid(dataset: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (dataset, name).hash(&mut h);
+    h.finish() | 1
+}
+
+/// Copy every snapshot of the source after the target's newest common one, up to `to`, with
+/// the same guids; create the target dataset (unmounted, as `receive -u` leaves it) if needed.
+fn replicate(obs: &mut Observation, source: &str, sds: &str, target: &str, tds: &str, to: &str) {
+    let Some(src) = obs.nodes.get(source).and_then(|n| n.dataset(sds)).cloned() else {
+        return;
+    };
+    let Some(t) = obs.nodes.get_mut(target) else {
+        return;
+    };
+    if t.dataset(tds).is_none() {
+        t.missing_datasets.retain(|d| d != tds);
+        t.datasets.push(Dataset {
+            name: tds.into(),
+            snapshots: Vec::new(),
+            readonly: Some(false),
+            mounted: Some(false),
+            mountpoint: Some(format!("/{tds}")),
+            other_properties: src.other_properties.clone(),
+            user_properties: Default::default(),
+            ..src.clone()
+        });
+    }
+    let Some(d) = t.datasets.iter_mut().find(|d| d.name == tds) else {
+        return;
+    };
+    let have: std::collections::HashSet<u64> = d.snapshots.iter().map(|s| s.guid).collect();
+    let mut txg = d
+        .snapshots
+        .iter()
+        .filter_map(|s| s.createtxg)
+        .max()
+        .unwrap_or(0);
+    for s in &src.snapshots {
+        if !have.contains(&s.guid) {
+            txg += 1;
+            d.snapshots.push(Snapshot {
+                createtxg: Some(txg),
+                userrefs: 0,
+                ..s.clone()
+            });
+        }
+        if s.name == to {
+            break;
         }
     }
 }

@@ -89,6 +89,37 @@ pub fn fingerprint(obs: &Observation) -> String {
 pub struct Context {
     /// Nodes proven fenced by a fencing command that succeeded (from the journal).
     pub fenced_by_command: BTreeSet<String>,
+    /// Snapshots carrying spoolkeeper's hold, as `node dataset@snapshot` (from the journal:
+    /// the holds this controller put and has not released). Only these are ever released.
+    pub held: BTreeSet<String>,
+}
+
+impl Context {
+    /// The key of a hold in [`Context::held`].
+    pub fn hold_key(node: &str, dataset: &str, snapshot: &str) -> String {
+        format!("{node} {dataset}@{snapshot}")
+    }
+
+    /// What a completed action teaches the next plan (the journal is folded through this).
+    pub fn learn(&mut self, a: &Action) {
+        let Target::Node(node) = &a.host else { return };
+        match &a.kind {
+            ActionKind::Hold { dataset, snapshot } => {
+                self.held.insert(Self::hold_key(node, dataset, snapshot));
+            }
+            ActionKind::Release { dataset, snapshot } => {
+                self.held.remove(&Self::hold_key(node, dataset, snapshot));
+            }
+            ActionKind::DestroySnapshots {
+                dataset, snapshots, ..
+            } => {
+                for sn in snapshots {
+                    self.held.remove(&Self::hold_key(node, dataset, sn));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Plan the convergence of one cluster.
@@ -108,7 +139,6 @@ struct Planner<'a> {
     spec: &'a Spec,
     obs: &'a Observation,
     ctx: &'a Context,
-    #[allow(dead_code)]
     now: Timestamp,
     plan: Plan,
 }
@@ -156,6 +186,318 @@ impl<'a> Planner<'a> {
             .collect();
         for (name, inst) in &instances {
             self.instance(&active, name.as_str(), inst);
+            self.protect(&active, name.as_str(), inst);
+        }
+    }
+
+    /// Snapshots on the active node, replication to every other node, the holds on the
+    /// replication base, and retention on both sides.
+    fn protect(&mut self, active: &NodeName, name: &str, inst: &crate::spec::Instance) {
+        let spec: &'a Spec = self.spec;
+        let snaps_spec = &spec.spec.snapshots;
+        let prefix = snaps_spec.prefix.as_str();
+        let Some(ds) = dataset_name(spec, active, inst.dataset.as_str()) else {
+            return;
+        };
+        let Some(a_obs) = self.node(active) else {
+            return;
+        };
+        let created = self.plan.id_of(&format!("{active}:create_dataset:{ds}"));
+        let observed = a_obs.dataset(&ds);
+        if observed.is_none() && created.is_none() {
+            return; // blocked or not observable: nothing to protect yet
+        }
+        let mut source: Vec<crate::observed::Snapshot> =
+            observed.map(|d| d.snapshots.clone()).unwrap_or_default();
+        let host = Target::Node(active.to_string());
+
+        // 1. A snapshot when one is due.
+        let mut snap_id = None;
+        if crate::retention::snapshot_due(prefix, snaps_spec.every.as_std(), &source, self.now) {
+            let sname = crate::retention::snapshot_name(prefix, self.now);
+            let id = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::Snapshot {
+                    dataset: ds.clone(),
+                    name: sname.clone(),
+                },
+                match source
+                    .iter()
+                    .rev()
+                    .find(|s| crate::retention::parse_owned(prefix, &s.name).is_some())
+                {
+                    Some(last) => format!(
+                        "the last snapshot ({}) is older than snapshots.every {}",
+                        last.name, snaps_spec.every
+                    ),
+                    None => format!("{ds} has no {prefix}_ snapshot yet"),
+                },
+            ));
+            if let Some(c) = created {
+                self.plan.edge(c, id);
+            }
+            snap_id = Some(id);
+            let txg = source
+                .iter()
+                .filter_map(|s| s.createtxg)
+                .max()
+                .map(|t| t + 1);
+            source.push(crate::observed::Snapshot {
+                name: sname,
+                guid: 0, // not known before it exists; matches nothing on a target
+                creation: self.now,
+                createtxg: txg,
+                userrefs: 0,
+                used: 0,
+            });
+        }
+        let after_snapshot: Vec<graph::Id> = snap_id.into_iter().chain(created).collect();
+
+        // 2. Replication to every other reachable node.
+        let mut protected_on_active: Vec<crate::retention::SnapshotRef> = Vec::new();
+        let mut prune_active = true;
+        let mut before_prune_active: Vec<graph::Id> = after_snapshot.clone();
+        for other in spec.spec.nodes.keys().filter(|n| *n != active) {
+            if !self.reachable(other) {
+                // Its base is unknown: pruning here could destroy it.
+                prune_active = false;
+                self.plan.note(format!(
+                    "{other} is unreachable: no replication of {name} to it and no pruning of {ds} this run"
+                ));
+                continue;
+            }
+            let Some(t_obs) = self.node(other) else {
+                continue;
+            };
+            let Some(tds) = dataset_name(spec, other, inst.dataset.as_str()) else {
+                continue;
+            };
+            let target_pool = spec
+                .spec
+                .nodes
+                .get(other)
+                .map(|n| n.pool.to_string())
+                .unwrap_or_default();
+            let t_ds = t_obs.dataset(&tds);
+            let target_snaps = t_ds.map(|d| d.snapshots.as_slice());
+            let step = crate::replication::replication_step(&source, target_snaps, None);
+            let observed_base = target_snaps
+                .and_then(|t| crate::replication::common_base(&source, t))
+                .cloned();
+            if let Some(b) = &observed_base {
+                protected_on_active.push(crate::retention::SnapshotRef::Guid(b.guid));
+            }
+            let (base, to) = match step {
+                crate::replication::ReplicationStep::Conflict(
+                    crate::replication::Conflict::SourceEmpty,
+                ) => continue,
+                crate::replication::ReplicationStep::Conflict(conflict) => {
+                    prune_active = false;
+                    self.plan.block(Blocked::Replication {
+                        instance: name.into(),
+                        node: other.to_string(),
+                        conflict,
+                    });
+                    continue;
+                }
+                crate::replication::ReplicationStep::UpToDate { base } => (Some(base), None),
+                crate::replication::ReplicationStep::Full { to } => (None, Some(to)),
+                crate::replication::ReplicationStep::Incremental { base, to } => {
+                    (Some(base), Some(to))
+                }
+            };
+            // Due when the replica has nothing yet, or its newest replicated snapshot is at
+            // least replication.every old.
+            let due = match &base {
+                None => true,
+                Some(b) => {
+                    self.now.duration_since(b.creation) >= spec.spec.replication.every.as_signed()
+                }
+            };
+            let mut new_base = base.clone();
+            let mut repl_id = None;
+            if let (Some(to), true) = (to.as_ref(), due) {
+                let caps_t = t_obs.capabilities.zfs.as_ref();
+                let caps_s = a_obs.capabilities.zfs.as_ref();
+                let resumable = caps_t.is_some_and(|c| c.resume_tokens)
+                    && caps_s.is_some_and(|c| c.resume_tokens);
+                let resume_token = t_ds
+                    .and_then(|d| d.receive_resume_token.clone())
+                    .filter(|_| resumable);
+                let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
+                let id = self.plan.add(Action::new(
+                    if relay { Target::Controller } else { host.clone() },
+                    ActionKind::Replicate {
+                        instance: name.into(),
+                        source: active.to_string(),
+                        source_dataset: ds.clone(),
+                        target: other.to_string(),
+                        target_pool: target_pool.clone(),
+                        target_dataset: tds.clone(),
+                        base: base.as_ref().map(|b| b.name.clone()),
+                        to: to.name.clone(),
+                        relay,
+                        resume_token,
+                        resumable,
+                    },
+                    match &base {
+                        None => format!("{other} holds no replica of {name} yet"),
+                        Some(b) => format!(
+                            "the newest replicated snapshot on {other} ({}) is older than replication.every {}",
+                            b.name, spec.spec.replication.every
+                        ),
+                    },
+                ));
+                for d in &after_snapshot {
+                    self.plan.edge(*d, id);
+                }
+                repl_id = Some(id);
+                new_base = Some(to.clone());
+                before_prune_active.push(id);
+                protected_on_active.push(crate::retention::SnapshotRef::Name(to.name.clone()));
+                if t_ds.is_none() {
+                    // A full receive leaves the new replica writable: make it read-only.
+                    let ro = self.plan.add(Action::new(
+                        Target::Node(other.to_string()),
+                        ActionKind::SetReadonly {
+                            dataset: tds.clone(),
+                            readonly: true,
+                        },
+                        format!("{other} is passive: its replica must be read-only (never two writable copies)"),
+                    ));
+                    self.plan.edge(id, ro);
+                }
+            }
+
+            // 3. Holds on the base, both sides: hold the new one before releasing the old.
+            if let Some(nb) = &new_base {
+                for (node, dset, snaps) in [
+                    (active.as_str(), ds.as_str(), source.as_slice()),
+                    (other.as_str(), tds.as_str(), target_snaps.unwrap_or(&[])),
+                ] {
+                    let held: Vec<crate::observed::Snapshot> = snaps
+                        .iter()
+                        .filter(|s| {
+                            self.ctx
+                                .held
+                                .contains(&Context::hold_key(node, dset, &s.name))
+                        })
+                        .cloned()
+                        .collect();
+                    let mut moves = crate::replication::hold_moves(&held, Some(nb));
+                    // A snapshot made this run has no guid yet: compare by name too.
+                    if held.iter().any(|s| s.name == nb.name) {
+                        moves.hold = None;
+                    }
+                    let h = Target::Node(node.to_string());
+                    let mut hold_id = None;
+                    if let Some(hs) = &moves.hold {
+                        let id = self.plan.add(Action::new(
+                            h.clone(),
+                            ActionKind::Hold {
+                                dataset: dset.to_string(),
+                                snapshot: hs.name.clone(),
+                            },
+                            "the replication base is held so that nothing can destroy it"
+                                .to_string(),
+                        ));
+                        if let Some(r) = repl_id {
+                            self.plan.edge(r, id);
+                        } else if node == active.as_str() {
+                            for d in &after_snapshot {
+                                self.plan.edge(*d, id);
+                            }
+                        }
+                        hold_id = Some(id);
+                        if node == active.as_str() {
+                            before_prune_active.push(id);
+                        }
+                    }
+                    for r in moves.release.iter().filter(|r| r.name != nb.name) {
+                        let id = self.plan.add(Action::new(
+                            h.clone(),
+                            ActionKind::Release {
+                                dataset: dset.to_string(),
+                                snapshot: r.name.clone(),
+                            },
+                            format!("the replication base moved to {}", nb.name),
+                        ));
+                        if let Some(hid) = hold_id.or(repl_id) {
+                            self.plan.edge(hid, id);
+                        }
+                        if node == active.as_str() {
+                            before_prune_active.push(id);
+                        }
+                    }
+                }
+            }
+
+            // 4. Retention on the replica (its observed snapshots; new ones arrive later).
+            if let Some(t) = t_ds {
+                let keep = snaps_spec.keep_passive.unwrap_or(snaps_spec.keep);
+                let mut protect: Vec<crate::retention::SnapshotRef> = Vec::new();
+                for b in [&observed_base, &new_base].into_iter().flatten() {
+                    protect.push(crate::retention::SnapshotRef::Guid(b.guid));
+                    protect.push(crate::retention::SnapshotRef::Name(b.name.clone()));
+                }
+                let decision =
+                    crate::retention::prune(&keep, prefix, &t.snapshots, &protect, self.now);
+                if !decision.destroy.is_empty() {
+                    let batch = t_obs
+                        .capabilities
+                        .zfs
+                        .as_ref()
+                        .is_some_and(|c| c.batch_destroy);
+                    let id = self.plan.add(Action::new(
+                        Target::Node(other.to_string()),
+                        ActionKind::DestroySnapshots {
+                            dataset: tds.clone(),
+                            snapshots: decision.destroy_names(),
+                            batch,
+                        },
+                        format!("retention (prefix {prefix}) keeps none of them; the replication base and held snapshots stay"),
+                    ));
+                    if let Some(r) = repl_id {
+                        self.plan.edge(r, id);
+                    }
+                }
+            }
+        }
+
+        // 5. Retention on the active node.
+        if prune_active {
+            let decision = crate::retention::prune(
+                &snaps_spec.keep,
+                prefix,
+                &source,
+                &protected_on_active,
+                self.now,
+            );
+            // Only what exists can be destroyed (the snapshot planned this run is the newest).
+            let destroy: Vec<String> = decision
+                .destroy_names()
+                .into_iter()
+                .filter(|n| observed.is_some_and(|d| d.snapshots.iter().any(|s| s.name == *n)))
+                .collect();
+            if !destroy.is_empty() {
+                let batch = a_obs
+                    .capabilities
+                    .zfs
+                    .as_ref()
+                    .is_some_and(|c| c.batch_destroy);
+                let id = self.plan.add(Action::new(
+                    host,
+                    ActionKind::DestroySnapshots {
+                        dataset: ds.clone(),
+                        snapshots: destroy,
+                        batch,
+                    },
+                    format!("retention (prefix {prefix}) keeps none of them; the replication base and held snapshots stay"),
+                ));
+                for d in &before_prune_active {
+                    self.plan.edge(*d, id);
+                }
+            }
         }
     }
 
@@ -401,9 +743,10 @@ impl<'a> Planner<'a> {
 /// The argv lists one action runs, in order, and where. The same function feeds the
 /// renderers (`plan` shows these commands) and the executor, so the plan is the truth.
 pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
-    let node = match &a.host {
-        Target::Node(n) => n.as_str(),
-        other => return Err(format!("no command for host {other}")),
+    let node = match (&a.host, &a.kind) {
+        (Target::Node(n), _) => n.as_str(),
+        (Target::Controller, ActionKind::Replicate { .. }) => "",
+        (other, _) => return Err(format!("no command for host {other}")),
     };
     let runtime = |instance: &str| {
         spec.spec
@@ -443,6 +786,51 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
                 jail::runtime_argv(runtime(instance)?, RuntimeVerb::Stop, instance, node)
                     .ok_or("no stop command")?,
             ]
+        }
+        ActionKind::Snapshot { dataset, name } => vec![zfs::snapshot_argv(dataset, name)],
+        ActionKind::Hold { dataset, snapshot } => vec![zfs::hold_argv(dataset, snapshot)],
+        ActionKind::Release { dataset, snapshot } => vec![zfs::release_argv(dataset, snapshot)],
+        ActionKind::DestroySnapshots {
+            dataset,
+            snapshots,
+            batch,
+        } => zfs::destroy_argvs(dataset, snapshots, *batch)?,
+        ActionKind::Replicate {
+            source_dataset,
+            target,
+            target_pool,
+            base,
+            to,
+            relay,
+            resume_token,
+            resumable,
+            ..
+        } => {
+            let send = zfs::send_argv(source_dataset, base.as_deref(), to, resume_token.as_deref());
+            let recv = zfs::receive_argv(target_pool, *resumable);
+            if *relay {
+                // Run by the controller: send on the source, receive on the target.
+                vec![send, recv]
+            } else {
+                let t = spec
+                    .spec
+                    .nodes
+                    .iter()
+                    .find(|(n, _)| n.as_str() == target)
+                    .map(|(_, n)| &n.ssh)
+                    .ok_or_else(|| format!("target node {target} is not in the spec"))?;
+                let dt = zfs::DirectTarget {
+                    host: t.host.clone(),
+                    user: t.user.clone(),
+                    port: t.port,
+                    known_hosts: t.known_hosts.as_ref().map(|p| p.display().to_string()),
+                    identity: t.identity.as_ref().map(|p| p.display().to_string()),
+                };
+                vec![zfs::direct_pipeline_argv(
+                    &send,
+                    &zfs::direct_ssh_argv(&dt, &recv),
+                )]
+            }
         }
     })
 }

@@ -92,30 +92,64 @@ fn obs(nodes: Vec<(&str, NodeObservation)>) -> Observation {
     }
 }
 
+const BASE: &str = "sk_20261128T115000Z";
+
+fn base_snapshot() -> crate::observed::Snapshot {
+    crate::observed::Snapshot {
+        name: BASE.into(),
+        guid: 4242,
+        creation: "2026-11-28T11:50:00Z".parse().unwrap(),
+        createtxg: Some(10),
+        userrefs: 1,
+        used: 0,
+    }
+}
+
+fn with_base(mut d: Dataset) -> Dataset {
+    d.snapshots.push(base_snapshot());
+    d
+}
+
+/// The holds a converged cluster's journal knows about.
+fn converged_ctx() -> Context {
+    let mut c = Context::default();
+    for (node, pool) in [("node-a", "zdata"), ("node-b", "zdata"), ("node-c", "tank")] {
+        for ds in ["imap/students", "imap/staff"] {
+            c.held
+                .insert(Context::hold_key(node, &format!("{pool}/{ds}"), BASE));
+        }
+    }
+    c
+}
+
 /// A converged three-node cluster with node-a active.
 fn converged() -> Observation {
     let mut a = reachable();
     a.datasets = vec![
-        dataset(
+        with_base(dataset(
             "zdata/imap/students",
             false,
             true,
             &[("compression", "lz4"), ("quota", "87960930222080")],
-        ),
-        dataset("zdata/imap/staff", false, true, &[]),
+        )),
+        with_base(dataset("zdata/imap/staff", false, true, &[])),
     ];
     a.instances
         .insert("students".into(), state(RunState::Running));
     a.instances.insert("staff".into(), state(RunState::Running));
     let mut b = reachable();
     b.datasets = vec![
-        dataset("zdata/imap/students", true, false, &[]),
-        dataset("zdata/imap/staff", true, false, &[]),
+        with_base(dataset("zdata/imap/students", true, false, &[])),
+        with_base(dataset("zdata/imap/staff", true, false, &[])),
     ];
     b.instances
         .insert("students".into(), state(RunState::Stopped));
     b.instances.insert("staff".into(), state(RunState::Stopped));
     let mut c = reachable();
+    c.datasets = vec![
+        with_base(dataset("tank/imap/students", true, false, &[])),
+        with_base(dataset("tank/imap/staff", true, false, &[])),
+    ];
     c.instances
         .insert("students".into(), state(RunState::Stopped));
     c.instances.insert("staff".into(), state(RunState::Stopped));
@@ -132,7 +166,7 @@ fn a_converged_cluster_plans_nothing() {
         &spec_with("node-a", &[]),
         &converged(),
         now(),
-        &Context::default(),
+        &converged_ctx(),
     );
     assert!(p.is_empty(), "{}", render::text(&p, None));
     assert!(render::text(&p, None).contains("No changes"));
@@ -147,11 +181,16 @@ fn a_fresh_active_gets_datasets_then_the_instances() {
     a.instances
         .insert("students".into(), state(RunState::Stopped));
     a.instances.insert("staff".into(), state(RunState::Stopped));
-    let b = o.nodes.get_mut("node-b").unwrap();
-    b.datasets.clear();
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    o.nodes.get_mut("node-b").unwrap().datasets.clear();
+    o.nodes.get_mut("node-c").unwrap().datasets.clear();
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
+    let ids = kinds(&p);
+    let instance_steps: Vec<&String> = ids
+        .iter()
+        .filter(|k| k.contains("create_dataset") || k.contains("start_instance"))
+        .collect();
     assert_eq!(
-        kinds(&p),
+        instance_steps,
         vec![
             "node-a:create_dataset:zdata/imap/staff",
             "node-a:start_instance:staff",
@@ -159,7 +198,20 @@ fn a_fresh_active_gets_datasets_then_the_instances() {
             "node-a:start_instance:students",
         ]
     );
-    let create = &p.actions()[2];
+    // The new datasets are snapshotted and sent in full to the replicas, after creation.
+    let pos = |k: &str| ids.iter().position(|i| i == k).unwrap();
+    let snap = ids
+        .iter()
+        .find(|k| k.starts_with("node-a:snapshot:zdata/imap/students"))
+        .unwrap();
+    assert!(pos("node-a:create_dataset:zdata/imap/students") < pos(snap));
+    assert!(pos(snap) < pos("node-a:replicate:zdata/imap/students->node-b"));
+    let create = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id == "node-a:create_dataset:zdata/imap/students")
+        .unwrap()
+        .clone();
     assert_eq!(
         create.kind,
         ActionKind::CreateDataset {
@@ -178,7 +230,7 @@ fn drifted_properties_are_set_and_sizes_compare_by_value() {
     let d = &mut o.nodes.get_mut("node-a").unwrap().datasets[0];
     d.other_properties
         .insert("compression".into(), "off".into());
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert_eq!(kinds(&p), vec!["node-a:set_properties:zdata/imap/students"]);
     assert!(p.actions()[0].reason.contains("compression is off"));
 }
@@ -193,7 +245,7 @@ fn a_running_passive_is_stopped_before_anything_is_made_writable() {
     b.instances.insert("staff".into(), state(RunState::Running));
     b.datasets[1].readonly = Some(false);
     b.datasets[1].mounted = Some(true);
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     let ids = kinds(&p);
     let pos = |k: &str| ids.iter().position(|i| i == k).unwrap();
     assert!(pos("node-b:stop_instance:staff") < pos("node-a:set_readonly:zdata/imap/staff"));
@@ -209,7 +261,7 @@ fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
         "node-b".into(),
         NodeObservation::unreachable(UnreachableKind::Timeout, "no answer in 5s"),
     );
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert!(!p.is_blocked(), "{}", render::text(&p, None));
     assert!(p.notes.iter().any(|n| n.contains("node-b is unreachable")));
 
@@ -218,7 +270,7 @@ fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
         .unwrap()
         .instances
         .insert("staff".into(), state(RunState::Stopped));
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert!(p.blocked.iter().any(|b| matches!(b, Blocked::OtherNodeNotFenced { node, instance, .. } if node == "node-b" && instance == "staff")));
     assert!(!kinds(&p).iter().any(|k| k.contains("start_instance:staff")));
 
@@ -227,13 +279,14 @@ fn an_unreachable_unfenced_node_blocks_a_start_but_not_a_running_cluster() {
         &spec_with("node-a", &["node-b"]),
         &o,
         now(),
-        &Context::default(),
+        &converged_ctx(),
     );
     assert!(!p.is_blocked(), "{}", render::text(&p, None));
     assert!(kinds(&p).contains(&"node-a:start_instance:staff".to_string()));
     // Fenced by a fencing command that succeeded: same.
     let ctx = Context {
         fenced_by_command: ["node-b".to_string()].into_iter().collect(),
+        ..converged_ctx()
     };
     let p = plan(&spec_with("node-a", &[]), &o, now(), &ctx);
     assert!(!p.is_blocked());
@@ -246,7 +299,7 @@ fn an_unreachable_active_blocks_everything() {
         "node-a".into(),
         NodeObservation::unreachable(UnreachableKind::Refused, "connection refused"),
     );
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert!(matches!(p.blocked[..], [Blocked::ActiveUnreachable { .. }]));
     assert_eq!(p.graph.node_count(), 0);
 }
@@ -255,8 +308,9 @@ fn an_unreachable_active_blocks_everything() {
 fn mail_on_another_node_is_never_replaced_by_an_empty_dataset() {
     let mut o = converged();
     // The spec says node-c is active; node-c has no dataset, node-a and node-b have the mail.
+    o.nodes.get_mut("node-c").unwrap().datasets.clear();
     o.nodes.get_mut("node-a").unwrap().instances.clear();
-    let p = plan(&spec_with("node-c", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-c", &[]), &o, now(), &converged_ctx());
     assert!(
         p.blocked.iter().any(
             |b| matches!(b, Blocked::DataOnOtherNode { instance, .. } if instance == "students")
@@ -281,7 +335,7 @@ fn unknown_instance_state_blocks() {
         .unwrap()
         .instances
         .insert("staff".into(), state(RunState::Stopped));
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert!(
         p.blocked
             .iter()
@@ -299,7 +353,7 @@ fn the_four_renderers_show_the_same_steps() {
         .instances
         .insert("staff".into(), state(RunState::Stopped));
     o.nodes.get_mut("node-b").unwrap().datasets[0].mounted = Some(true);
-    let p = plan(&spec_with("node-a", &[]), &o, now(), &Context::default());
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     let ids = kinds(&p);
     assert_eq!(ids.len(), 2);
     let json: serde_json::Value = serde_json::from_str(&render::json(&p, None)).unwrap();
@@ -445,23 +499,25 @@ proptest! {
     /// Applying the plan's promised effects and planning again leaves nothing to do.
     #[test]
     fn plans_converge((spec, o) in arb_case()) {
-        let p = plan(&spec, &o, now(), &Context::default());
+        let p = plan(&spec, &o, now(), &converged_ctx());
         prop_assert!(p.order().is_ok());
         if p.is_blocked() {
             return Ok(());
         }
         let mut after = o.clone();
+        let mut ctx = converged_ctx();
         for a in p.actions() {
             effect::apply(&mut after, a);
+            ctx.learn(a);
         }
-        let again = plan(&spec, &after, now(), &Context::default());
+        let again = plan(&spec, &after, now(), &ctx);
         prop_assert!(again.graph.node_count() == 0, "not converged:\n{}\nthen:\n{}", render::text(&p, None), render::text(&again, None));
     }
 
     /// Never two actives, never two writable copies, whatever was observed.
     #[test]
     fn plans_never_make_two_actives((spec, o) in arb_case()) {
-        let p = plan(&spec, &o, now(), &Context::default());
+        let p = plan(&spec, &o, now(), &converged_ctx());
         let active = spec.spec.active.to_string();
         let order = p.actions();
         for (i, a) in order.iter().enumerate() {
@@ -484,4 +540,116 @@ proptest! {
             prop_assert!(!a.kind.destructive());
         }
     }
+}
+
+fn snap(name: &str, guid: u64, at: &str, txg: u64) -> crate::observed::Snapshot {
+    crate::observed::Snapshot {
+        name: name.into(),
+        guid,
+        creation: at.parse().unwrap(),
+        createtxg: Some(txg),
+        userrefs: 0,
+        used: 0,
+    }
+}
+
+#[test]
+fn new_snapshots_are_sent_incrementally_and_the_hold_moves() {
+    let mut o = converged();
+    let newer = snap("sk_20261128T115900Z", 777, "2026-11-28T11:59:00Z", 11);
+    for d in &mut o.nodes.get_mut("node-a").unwrap().datasets {
+        d.snapshots.push(newer.clone());
+    }
+    // The base (11:50) is older than replication.every (1h)? No: 10 min. Make it due.
+    let now: Timestamp = "2026-11-28T12:55:00Z".parse().unwrap();
+    let p = plan(&spec_with("node-a", &[]), &o, now, &converged_ctx());
+    let ids = kinds(&p);
+    let repl = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id == "node-a:replicate:zdata/imap/staff->node-b")
+        .unwrap()
+        .clone();
+    match &repl.kind {
+        ActionKind::Replicate { base, to, .. } => {
+            assert_eq!(base.as_deref(), Some(BASE));
+            // No new snapshot is due (the newest is 56 minutes old): the newest one is sent.
+            assert_eq!(to, "sk_20261128T115900Z");
+        }
+        k => panic!("{k:?}"),
+    }
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i == k)
+            .unwrap_or_else(|| panic!("{k} not in {ids:?}"))
+    };
+    let new = "sk_20261128T115900Z";
+    let hold_b = format!("node-b:hold:zdata/imap/staff@{new}");
+    let release_b = format!("node-b:release:zdata/imap/staff@{BASE}");
+    assert!(pos(&repl.id) < pos(&hold_b));
+    assert!(
+        pos(&hold_b) < pos(&release_b),
+        "hold the new base before releasing the old"
+    );
+}
+
+#[test]
+fn a_diverged_replica_blocks_and_nothing_is_rolled_back() {
+    let mut o = converged();
+    let rogue = snap("manual-fix", 999, "2026-11-28T11:55:00Z", 20);
+    o.nodes.get_mut("node-b").unwrap().datasets[1]
+        .snapshots
+        .push(rogue);
+    let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
+    assert!(p.blocked.iter().any(|b| matches!(b,
+        Blocked::Replication { node, conflict: crate::replication::Conflict::Diverged { .. }, .. } if node == "node-b")),
+        "{}", render::text(&p, None));
+    assert!(
+        !kinds(&p)
+            .iter()
+            .any(|k| k.starts_with("node-b:destroy") || k.contains("->node-b"))
+    );
+}
+
+#[test]
+fn retention_prunes_only_owned_snapshots_never_the_base() {
+    let mut o = converged();
+    let a = o.nodes.get_mut("node-a").unwrap();
+    // A year-old owned snapshot, a foreign one, and the base (11:50).
+    a.datasets[1]
+        .snapshots
+        .insert(0, snap("sk_20251101T000000Z", 1, "2025-11-01T00:00:00Z", 1));
+    a.datasets[1].snapshots.insert(
+        1,
+        snap(
+            "autosnap_2025-11-01_00:00:00_daily",
+            2,
+            "2025-11-01T00:00:00Z",
+            2,
+        ),
+    );
+    let s = spec_with("node-a", &[]);
+    let p = plan(&s, &o, now(), &converged_ctx());
+    let destroy: Vec<_> = p
+        .actions()
+        .into_iter()
+        .filter_map(|a| match &a.kind {
+            ActionKind::DestroySnapshots { snapshots, .. } => Some(snapshots.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(destroy, vec!["sk_20251101T000000Z".to_string()]);
+
+    // With a passive unreachable, its base is unknown: nothing is pruned on the active.
+    o.nodes.insert(
+        "node-c".into(),
+        NodeObservation::unreachable(UnreachableKind::Timeout, "cut"),
+    );
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(
+        !kinds(&p).iter().any(|k| k.starts_with("node-a:destroy")),
+        "{}",
+        render::text(&p, None)
+    );
 }
