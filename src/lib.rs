@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod observed;
+pub mod postfix_cmd;
 pub mod replication;
 pub mod retention;
 pub mod rpo;
