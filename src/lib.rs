@@ -4,6 +4,7 @@
 //! imperative shell (transport, adapters, executor, controller). See
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
+pub mod archive;
 pub mod cli;
 pub mod observed;
 pub mod postfix_cmd;
