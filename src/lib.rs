@@ -10,6 +10,7 @@ pub mod observed;
 pub mod postfix_cmd;
 pub mod replication;
 pub mod retention;
+pub mod smtp;
 pub mod rpo;
 pub mod spec;
 pub mod summary;
