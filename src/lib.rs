@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod dovecot;
 pub mod observed;
 pub mod postfix_cmd;
 pub mod replication;
