@@ -5,17 +5,21 @@
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
 pub mod apply;
+pub mod archive;
 pub mod capabilities;
 pub mod cli;
+pub mod dovecot;
 pub mod host;
 pub mod jail;
 pub mod observe;
 pub mod observed;
 pub mod plan;
 pub mod postfix;
+pub mod postfix_cmd;
 pub mod replication;
 pub mod retention;
 pub mod rpo;
+pub mod smtp;
 pub mod spec;
 pub mod summary;
 pub mod zfs;
