@@ -838,3 +838,49 @@ mod batch_tests {
         assert_eq!(outs[1].stdout, b"partial");
     }
 }
+
+impl Host {
+    /// Run argv with `input` on its stdin, to completion (file contents, queue ids for
+    /// `postsuper -d -`). One round trip.
+    pub async fn run_with_stdin(&self, argv: &[String], input: &[u8]) -> Result<Output, HostError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut child = self.spawn(argv).await?;
+        let label = self.label.clone();
+        let io = |source| HostError::Io {
+            host: label.clone(),
+            source,
+        };
+        // Write and read concurrently: a command that answers while reading must not block.
+        let mut stdin = std::mem::replace(&mut child.stdin, Box::pin(tokio::io::sink()));
+        let input = input.to_vec();
+        let writer = async move {
+            stdin.write_all(&input).await?;
+            stdin.flush().await?;
+            drop(stdin);
+            Ok::<(), std::io::Error>(())
+        };
+        let mut out = Vec::new();
+        let reader = child.stdout.read_to_end(&mut out);
+        let (w, r) = tokio::join!(writer, reader);
+        w.map_err(io)?;
+        r.map_err(io)?;
+        let mut res = child.wait().await?;
+        res.stdout = out;
+        Ok(res)
+    }
+}
+
+#[cfg(test)]
+mod stdin_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stdin_reaches_the_command_and_stdout_comes_back() {
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let out = h.run_with_stdin(&["cat".to_string()], &data).await.unwrap();
+        assert_eq!(out.status, Some(0));
+        assert_eq!(out.stdout, data);
+    }
+}
