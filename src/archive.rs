@@ -147,7 +147,7 @@ pub fn archive_host_settings(
 }
 
 /// What was waiting in the active spool's queue for the instance when the snapshot was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SpoolBacklog {
     /// Nothing for the instance's domains was queued.
@@ -158,7 +158,32 @@ pub enum SpoolBacklog {
         arrival: Timestamp,
     },
     /// Not observed: no purge.
+    #[default]
     Unknown,
+}
+
+/// The backlog of a spool queue for an instance's domains, as observed now (the snapshot
+/// taken in the same apply sees the same queue, seconds later; anything that arrives in
+/// between is newer than the observation and so inside the margin).
+pub fn backlog_of(queue: Option<&[QueueEntry]>, domains: &[String]) -> SpoolBacklog {
+    let Some(queue) = queue else {
+        return SpoolBacklog::Unknown;
+    };
+    let domains = domain_set(domains);
+    queue
+        .iter()
+        .filter(|e| {
+            e.recipients.iter().any(|r| {
+                r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| domains.contains(&d.to_ascii_lowercase()))
+            })
+        })
+        .map(|e| e.arrival_time)
+        .min()
+        .map_or(SpoolBacklog::Empty, |arrival| SpoolBacklog::OldestPending {
+            arrival,
+        })
 }
 
 /// The point in time (controller clock) before which the replica holds every message.

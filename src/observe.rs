@@ -22,12 +22,30 @@ use crate::zfs;
 
 /// Postfix parameters observed on every node and on the archive host.
 pub const POSTFIX_PARAMETERS: &[&str] = &[
+    "config_directory",
     "recipient_bcc_maps",
     "enable_long_queue_ids",
+    "always_add_missing_headers",
     "smtpd_recipient_restrictions",
     "relay_domains",
     "maximal_queue_lifetime",
 ];
+
+/// spoolkeeper's tables in Postfix's `config_directory`: the BCC map on the spools, the
+/// hold table on the archive host.
+pub const BCC_MAP_FILE: &str = "spoolkeeper-bcc.regexp";
+pub const HOLD_MAP_FILE: &str = "spoolkeeper-hold.regexp";
+
+/// Print a table of `config_directory` (a fixed script: the file name is a constant).
+fn cat_postfix_table_argv(file: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        "cat \"$(postconf -h config_directory)/$1\"".into(),
+        "sh".into(),
+        file.into(),
+    ]
+}
 
 /// Open connections to the hosts of one spec.
 pub struct Connections {
@@ -248,7 +266,8 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
         } else {
             argv(&["true"])
         });
-        cmds.len() - 2
+        cmds.push(cat_postfix_table_argv(BCC_MAP_FILE));
+        cmds.len() - 3
     });
     let outs = match h.run_batch(&cmds).await {
         Ok(o) => o,
@@ -318,7 +337,11 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
 
     // Postfix.
     if let Some(i) = postfix_at {
-        obs.postfix = Some(read_postfix(&outs[i], &outs[i + 1], &mut errors));
+        let mut p = read_postfix(&outs[i], &outs[i + 1], &mut errors);
+        if let Some(f) = outs.get(i + 2).filter(|o| o.success()) {
+            p.files.insert(BCC_MAP_FILE.into(), f.stdout_text());
+        }
+        obs.postfix = Some(p);
     }
     obs.capabilities = caps;
     obs.errors = errors;
@@ -337,6 +360,7 @@ fn read_postfix(conf: &Output, queue: &Output, errors: &mut Vec<String>) -> Post
     let mut p = PostfixObservation {
         settings: postfix::parse_postconf(&conf.stdout_text()),
         queue: Vec::new(),
+        files: BTreeMap::new(),
     };
     if queue.success() {
         match postfix::parse_postqueue(&queue.stdout_text()) {
@@ -380,10 +404,20 @@ pub async fn observe_archive(h: &Host) -> ArchiveObservation {
                 .map(|p| (*p).to_string())
                 .collect();
             match h
-                .run_batch(&[postfix::postconf_argv(&names), postfix::postqueue_argv()])
+                .run_batch(&[
+                    postfix::postconf_argv(&names),
+                    postfix::postqueue_argv(),
+                    cat_postfix_table_argv(HOLD_MAP_FILE),
+                ])
                 .await
             {
-                Ok(o) => Some(read_postfix(&o[0], &o[1], &mut errors)),
+                Ok(o) => {
+                    let mut p = read_postfix(&o[0], &o[1], &mut errors);
+                    if let Some(f) = o.get(2).filter(|o| o.success()) {
+                        p.files.insert(HOLD_MAP_FILE.into(), f.stdout_text());
+                    }
+                    Some(p)
+                }
                 Err(e) => return unreachable_archive(&e),
             }
         }

@@ -247,6 +247,9 @@ pub struct PostfixObservation {
     pub settings: BTreeMap<String, String>,
     /// The queue (all queues; filter by `queue_name`).
     pub queue: Vec<QueueEntry>,
+    /// spoolkeeper's own tables in `config_directory`, by file name, when they exist.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// One node as observed.

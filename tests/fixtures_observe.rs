@@ -110,6 +110,7 @@ fn postqueue_hold_deferred_active() {
     let obs = spoolkeeper::observed::PostfixObservation {
         settings: Default::default(),
         queue: q,
+        files: Default::default(),
     };
     assert_eq!(obs.held().count(), 1);
 }

@@ -233,8 +233,13 @@ async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), 
         .await;
     }
     let host = host_of(conns, &a.host)?;
+    let stdin = crate::plan::stdin_of(a)?;
     for argv in commands(spec, a)? {
-        let out = host.run(&argv).await.map_err(|e| e.to_string())?;
+        let out = match &stdin {
+            Some(input) => host.run_with_stdin(&argv, input).await,
+            None => host.run(&argv).await,
+        }
+        .map_err(|e| e.to_string())?;
         if !out.success() && already_done(&a.kind, &out.stderr_text()) {
             tracing::info!(action = %a.id, "already in place");
             continue;

@@ -77,8 +77,28 @@ pub enum ActionKind {
     StartInstance { instance: String },
     /// Stop the instance's jail (or exec service) on the target node.
     StopInstance { instance: String },
-    /// `zfs snapshot dataset@name`.
-    Snapshot { dataset: String, name: String },
+    /// `zfs snapshot dataset@name`. `backlog` is the spool's queue for the instance at that
+    /// moment: what the archive watermark needs to know before purging copies.
+    Snapshot {
+        dataset: String,
+        name: String,
+        #[serde(default)]
+        backlog: crate::archive::SpoolBacklog,
+    },
+    /// Write a file (atomically: a temporary file renamed over it), e.g. a Postfix table.
+    WriteFile { path: String, content: String },
+    /// `postconf -e k=v …` then `postfix reload` (only planned when something changed).
+    Postconf {
+        settings: BTreeMap<String, String>,
+        reload: bool,
+    },
+    /// Delete held copies from the archive host's hold queue (`postsuper -d - hold`): only
+    /// copies proven to be in the replica (before the watermark minus the margin).
+    PurgeArchive {
+        instance: String,
+        queue_ids: Vec<String>,
+        watermark: String,
+    },
     /// Send `source_dataset@to` (incrementally from `base` with `-I` when given) from node
     /// `source` to node `target`, received unmounted (`-u`) under the target's pool (`-d`).
     /// Runs on the source node (`direct`) or on the controller (`relay`).
@@ -122,6 +142,9 @@ impl ActionKind {
             ActionKind::StartInstance { .. } => "start_instance",
             ActionKind::StopInstance { .. } => "stop_instance",
             ActionKind::Snapshot { .. } => "snapshot",
+            ActionKind::WriteFile { .. } => "write_file",
+            ActionKind::Postconf { .. } => "postconf",
+            ActionKind::PurgeArchive { .. } => "purge_archive",
             ActionKind::Replicate { .. } => "replicate",
             ActionKind::Hold { .. } => "hold",
             ActionKind::Release { .. } => "release",
@@ -137,18 +160,25 @@ impl ActionKind {
             | ActionKind::Snapshot { .. }
             | ActionKind::Replicate { .. }
             | ActionKind::Hold { .. } => Effect::Create,
-            ActionKind::SetProperties { .. } | ActionKind::SetReadonly { .. } => Effect::Change,
+            ActionKind::SetProperties { .. }
+            | ActionKind::SetReadonly { .. }
+            | ActionKind::WriteFile { .. }
+            | ActionKind::Postconf { .. } => Effect::Change,
             ActionKind::Unmount { .. }
             | ActionKind::StopInstance { .. }
             | ActionKind::Release { .. }
-            | ActionKind::DestroySnapshots { .. } => Effect::Remove,
+            | ActionKind::DestroySnapshots { .. }
+            | ActionKind::PurgeArchive { .. } => Effect::Remove,
         }
     }
 
     /// Does running it twice lose anything? Destructive actions are journaled and never
     /// repeated blindly after an interruption.
     pub fn destructive(&self) -> bool {
-        matches!(self, ActionKind::DestroySnapshots { .. })
+        matches!(
+            self,
+            ActionKind::DestroySnapshots { .. } | ActionKind::PurgeArchive { .. }
+        )
     }
 
     /// One line for people: "create dataset zdata/imap/students (compression=lz4)".
@@ -180,7 +210,27 @@ impl ActionKind {
             ActionKind::Unmount { dataset } => format!("unmount {dataset}"),
             ActionKind::StartInstance { instance } => format!("start instance {instance}"),
             ActionKind::StopInstance { instance } => format!("stop instance {instance}"),
-            ActionKind::Snapshot { dataset, name } => format!("snapshot {dataset}@{name}"),
+            ActionKind::Snapshot { dataset, name, .. } => format!("snapshot {dataset}@{name}"),
+            ActionKind::WriteFile { path, content } => {
+                format!("write {path} ({} lines)", content.lines().count())
+            }
+            ActionKind::Postconf { settings, reload } => format!(
+                "postconf {}{}",
+                settings
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if *reload { ", then postfix reload" } else { "" }
+            ),
+            ActionKind::PurgeArchive {
+                instance,
+                queue_ids,
+                watermark,
+            } => format!(
+                "delete {} held copie(s) of {instance} from the archive ({watermark})",
+                queue_ids.len()
+            ),
             ActionKind::Replicate {
                 source,
                 source_dataset,
@@ -248,6 +298,9 @@ impl Action {
             ActionKind::Snapshot { dataset, .. } | ActionKind::DestroySnapshots { dataset, .. } => {
                 dataset.clone()
             }
+            ActionKind::WriteFile { path, .. } => path.clone(),
+            ActionKind::Postconf { .. } => "main.cf".into(),
+            ActionKind::PurgeArchive { instance, .. } => instance.clone(),
             ActionKind::Replicate {
                 source_dataset,
                 target,

@@ -23,6 +23,12 @@ pub fn apply(obs: &mut Observation, a: &Action) {
         replicate(obs, source, source_dataset, target, target_dataset, to);
         return;
     }
+    if let Target::Archive = &a.host {
+        if let Some(pf) = obs.archive.as_mut().and_then(|x| x.postfix.as_mut()) {
+            postfix_effect(pf, &a.kind);
+        }
+        return;
+    }
     let Target::Node(node) = &a.host else { return };
     let Some(n) = obs.nodes.get_mut(node) else {
         return;
@@ -86,7 +92,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                 },
             );
         }
-        ActionKind::Snapshot { dataset, name } => {
+        ActionKind::Snapshot { dataset, name, .. } => {
             let at = obs_now(name);
             if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
                 let txg = d
@@ -129,6 +135,13 @@ pub fn apply(obs: &mut Observation, a: &Action) {
             }
         }
         ActionKind::Replicate { .. } => {}
+        ActionKind::WriteFile { .. }
+        | ActionKind::Postconf { .. }
+        | ActionKind::PurgeArchive { .. } => {
+            if let Some(pf) = n.postfix.as_mut() {
+                postfix_effect(pf, &a.kind);
+            }
+        }
         ActionKind::StopInstance { instance } => {
             n.instances.insert(
                 instance.clone(),
@@ -201,5 +214,23 @@ fn replicate(obs: &mut Observation, source: &str, sds: &str, target: &str, tds: 
         if s.name == to {
             break;
         }
+    }
+}
+
+fn postfix_effect(pf: &mut crate::observed::PostfixObservation, kind: &ActionKind) {
+    match kind {
+        ActionKind::WriteFile { path, content } => {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            pf.files.insert(name.to_string(), content.clone());
+        }
+        ActionKind::Postconf { settings, .. } => {
+            for (k, v) in settings {
+                pf.settings.insert(k.clone(), v.clone());
+            }
+        }
+        ActionKind::PurgeArchive { queue_ids, .. } => {
+            pf.queue.retain(|e| !queue_ids.contains(&e.queue_id));
+        }
+        _ => {}
     }
 }

@@ -92,6 +92,9 @@ pub struct Context {
     /// Snapshots carrying spoolkeeper's hold, as `node dataset@snapshot` (from the journal:
     /// the holds this controller put and has not released). Only these are ever released.
     pub held: BTreeSet<String>,
+    /// The spool backlog recorded when each snapshot was taken (`dataset@snapshot`), which
+    /// the archive watermark needs; unknown snapshots are never used to purge.
+    pub backlogs: BTreeMap<String, crate::archive::SpoolBacklog>,
 }
 
 impl Context {
@@ -102,6 +105,14 @@ impl Context {
 
     /// What a completed action teaches the next plan (the journal is folded through this).
     pub fn learn(&mut self, a: &Action) {
+        if let ActionKind::Snapshot {
+            dataset,
+            name,
+            backlog,
+        } = &a.kind
+        {
+            self.backlogs.insert(format!("{dataset}@{name}"), *backlog);
+        }
         let Target::Node(node) = &a.host else { return };
         match &a.kind {
             ActionKind::Hold { dataset, snapshot } => {
@@ -188,6 +199,259 @@ impl<'a> Planner<'a> {
             self.instance(&active, name.as_str(), inst);
             self.protect(&active, name.as_str(), inst);
         }
+        if self.spec.spec.archive.is_some() {
+            self.archive(&active);
+        }
+    }
+
+    /// PDMA = 0: the archive host holds what it receives; the active spool BCCs every
+    /// recipient of the instances' domains to it before any instance starts; held copies
+    /// proven to be in the replica are purged.
+    fn archive(&mut self, active: &NodeName) {
+        let spec: &'a Spec = self.spec;
+        let Some(arch) = &spec.spec.archive else {
+            return;
+        };
+        let template = &arch.address;
+        let mut archive_ready = Vec::new();
+
+        // The archive host: hold everything for the archive domain.
+        match self.obs.archive.as_ref() {
+            Some(a) if a.reachability.is_reachable() => {
+                if let Some(pf) = &a.postfix {
+                    let dir = pf
+                        .settings
+                        .get("config_directory")
+                        .cloned()
+                        .unwrap_or_else(|| "/etc/postfix".into());
+                    let path = format!("{dir}/{}", crate::observe::HOLD_MAP_FILE);
+                    let table = crate::archive::hold_access_map(template.archive_domain());
+                    let want = crate::archive::archive_host_settings(template.archive_domain(), &path);
+                    archive_ready = self.postfix_config(
+                        Target::Archive,
+                        pf,
+                        crate::observe::HOLD_MAP_FILE,
+                        &path,
+                        &table,
+                        &want,
+                        "the archive host must hold every copy it receives, never deliver it",
+                    );
+                }
+            }
+            _ => self.plan.note(
+                "the archive host is unreachable: copies queue on the spool and reach it once it is back; no purge this run".into(),
+            ),
+        }
+
+        // The active spool: BCC every recipient of every instance's domains.
+        let Some(a_obs) = self.node(active) else {
+            return;
+        };
+        if let Some(pf) = a_obs.postfix.as_ref() {
+            let domains: Vec<String> = spec
+                .spec
+                .instances
+                .values()
+                .flat_map(|i| i.domains.iter().cloned())
+                .collect();
+            match crate::archive::bcc_map(template, &domains) {
+                Ok(table) => {
+                    let dir = pf
+                        .settings
+                        .get("config_directory")
+                        .cloned()
+                        .unwrap_or_else(|| "/etc/postfix".into());
+                    let path = format!("{dir}/{}", crate::observe::BCC_MAP_FILE);
+                    let want = crate::archive::spool_settings(&path);
+                    let ids = self.postfix_config(
+                        Target::Node(active.to_string()),
+                        pf,
+                        crate::observe::BCC_MAP_FILE,
+                        &path,
+                        &table,
+                        &want,
+                        "every message a spool accepts is BCC'd to the archive host (PDMA = 0)",
+                    );
+                    for id in &ids {
+                        for r in &archive_ready {
+                            self.plan.edge(*r, *id);
+                        }
+                        // No instance starts before its mail is archived.
+                        for name in spec.spec.instances.keys() {
+                            if let Some(start) =
+                                self.plan.id_of(&format!("{active}:start_instance:{name}"))
+                            {
+                                self.plan.edge(*id, start);
+                            }
+                        }
+                    }
+                }
+                Err(e) => self
+                    .plan
+                    .note(format!("archive BCC map not generated: {e}")),
+            }
+        } else {
+            self.plan.note(format!(
+                "no Postfix observed on {active}: the archive BCC cannot be checked"
+            ));
+        }
+
+        // Purge held copies covered by every replica.
+        self.purge(active);
+    }
+
+    /// Plan a Postfix table and settings on one host; returns the ids to wait for.
+    #[allow(clippy::too_many_arguments)]
+    fn postfix_config(
+        &mut self,
+        host: Target,
+        pf: &crate::observed::PostfixObservation,
+        file: &str,
+        path: &str,
+        table: &str,
+        want: &BTreeMap<String, String>,
+        why: &str,
+    ) -> Vec<graph::Id> {
+        let mut ids = Vec::new();
+        let table_changed = pf.files.get(file).map(String::as_str) != Some(table);
+        if table_changed {
+            ids.push(self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::WriteFile {
+                    path: path.into(),
+                    content: table.into(),
+                },
+                format!(
+                    "{why}: {path} is {}",
+                    if pf.files.contains_key(file) {
+                        "out of date"
+                    } else {
+                        "missing"
+                    }
+                ),
+            )));
+        }
+        let drift: BTreeMap<String, String> = want
+            .iter()
+            .filter(|(k, v)| pf.settings.get(*k).map(|s| s.trim()) != Some(v.trim()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if table_changed || !drift.is_empty() {
+            let id = self.plan.add(Action::new(
+                host,
+                ActionKind::Postconf {
+                    settings: drift.clone(),
+                    reload: true,
+                },
+                if drift.is_empty() {
+                    format!("{why}: Postfix must read the new {file}")
+                } else {
+                    format!(
+                        "{why}: {} differ",
+                        drift.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                },
+            ));
+            for i in &ids {
+                self.plan.edge(*i, id);
+            }
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Delete held copies older than the watermark of the least advanced replica.
+    fn purge(&mut self, active: &NodeName) {
+        let spec: &'a Spec = self.spec;
+        let Some(arch) = &spec.spec.archive else {
+            return;
+        };
+        let Some(a) = self
+            .obs
+            .archive
+            .as_ref()
+            .filter(|a| a.reachability.is_reachable())
+        else {
+            return;
+        };
+        let Some(pf) = &a.postfix else { return };
+        let Some(a_obs) = self.node(active) else {
+            return;
+        };
+        let held: Vec<crate::observed::QueueEntry> = pf.held().cloned().collect();
+        if held.is_empty() {
+            return;
+        }
+        let margin = arch.margin.as_signed();
+        for (name, inst) in &spec.spec.instances {
+            let Some(ds) = dataset_name(spec, active, inst.dataset.as_str()) else {
+                continue;
+            };
+            let Some(src) = a_obs.dataset(&ds) else {
+                continue;
+            };
+            // The newest snapshot every other node holds (the least advanced replica).
+            let mut least: Option<crate::observed::Snapshot> = None;
+            let mut all_seen = true;
+            for other in spec.spec.nodes.keys().filter(|n| *n != active) {
+                let base = self
+                    .node(other)
+                    .filter(|o| o.reachability.is_reachable())
+                    .and_then(|o| {
+                        dataset_name(spec, other, inst.dataset.as_str()).and_then(|d| o.dataset(&d))
+                    })
+                    .and_then(|t| crate::replication::common_base(&src.snapshots, &t.snapshots))
+                    .cloned();
+                match base {
+                    Some(b) => {
+                        if least
+                            .as_ref()
+                            .is_none_or(|l| crate::retention::age_order(&b, l).is_lt())
+                        {
+                            least = Some(b);
+                        }
+                    }
+                    None => all_seen = false,
+                }
+            }
+            if !all_seen {
+                self.plan.note(format!(
+                    "{name}: no purge of the archive: a replica is missing or unreachable"
+                ));
+                continue;
+            }
+            let backlog = least
+                .as_ref()
+                .and_then(|b| self.ctx.backlogs.get(&format!("{ds}@{}", b.name)).copied())
+                .unwrap_or_default();
+            match crate::archive::watermark(
+                least.as_ref(),
+                backlog,
+                a_obs.capabilities.clock_offset_ms,
+                a.capabilities.clock_offset_ms,
+                margin,
+            ) {
+                Err(refusal) => self.plan.note(format!("{name}: {refusal}")),
+                Ok(w) => {
+                    let purge = crate::archive::purge_set(&w, &held, &inst.domains, &arch.address);
+                    if !purge.is_empty() {
+                        self.plan.add(Action::new(
+                            Target::Archive,
+                            ActionKind::PurgeArchive {
+                                instance: name.to_string(),
+                                queue_ids: purge.iter().map(|p| p.queue_id.clone()).collect(),
+                                watermark: format!("watermark {} from {}", w.at, w.snapshot),
+                            },
+                            format!(
+                                "{} held copie(s) arrived before the watermark minus the margin: {}",
+                                purge.len(),
+                                w.explain
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// Snapshots on the active node, replication to every other node, the holds on the
@@ -220,6 +484,10 @@ impl<'a> Planner<'a> {
                 ActionKind::Snapshot {
                     dataset: ds.clone(),
                     name: sname.clone(),
+                    backlog: crate::archive::backlog_of(
+                        a_obs.postfix.as_ref().map(|p| p.queue.as_slice()),
+                        &inst.domains,
+                    ),
                 },
                 match source
                     .iter()
@@ -746,6 +1014,7 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
     let node = match (&a.host, &a.kind) {
         (Target::Node(n), _) => n.as_str(),
         (Target::Controller, ActionKind::Replicate { .. }) => "",
+        (Target::Archive, _) => "",
         (other, _) => return Err(format!("no command for host {other}")),
     };
     let runtime = |instance: &str| {
@@ -787,7 +1056,27 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
                     .ok_or("no stop command")?,
             ]
         }
-        ActionKind::Snapshot { dataset, name } => vec![zfs::snapshot_argv(dataset, name)],
+        ActionKind::Snapshot { dataset, name, .. } => vec![zfs::snapshot_argv(dataset, name)],
+        ActionKind::WriteFile { path, .. } => vec![vec![
+            "sh".into(),
+            "-c".into(),
+            "umask 022 && cat > \"$1.sk-new\" && mv \"$1.sk-new\" \"$1\"".into(),
+            "sh".into(),
+            path.clone(),
+        ]],
+        ActionKind::Postconf { settings, reload } => {
+            let mut v = Vec::new();
+            if !settings.is_empty() {
+                let mut argv: Vec<String> = vec!["postconf".into(), "-e".into()];
+                argv.extend(settings.iter().map(|(k, val)| format!("{k}={val}")));
+                v.push(argv);
+            }
+            if *reload {
+                v.push(vec!["postfix".into(), "reload".into()]);
+            }
+            v
+        }
+        ActionKind::PurgeArchive { .. } => vec![crate::postfix_cmd::postsuper_delete_argv()],
         ActionKind::Hold { dataset, snapshot } => vec![zfs::hold_argv(dataset, snapshot)],
         ActionKind::Release { dataset, snapshot } => vec![zfs::release_argv(dataset, snapshot)],
         ActionKind::DestroySnapshots {
@@ -832,6 +1121,19 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
                 )]
             }
         }
+    })
+}
+
+/// The bytes fed to the (single) command of an action on its stdin, for the actions that
+/// take one: a file's content, the queue ids to delete.
+pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
+    Ok(match &a.kind {
+        ActionKind::WriteFile { content, .. } => Some(content.as_bytes().to_vec()),
+        ActionKind::PurgeArchive { queue_ids, .. } => Some(
+            crate::postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
     })
 }
 
