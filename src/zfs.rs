@@ -795,6 +795,49 @@ pub fn destroy_argvs(
         .collect())
 }
 
+/// `zfs get -Hp -o value guid dataset@snapshot`.
+pub fn guid_argv(dataset: &str, snapshot: &str) -> Vec<String> {
+    ["zfs", "get", "-Hp", "-o", "value", "guid"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("{dataset}@{snapshot}")])
+        .collect()
+}
+
+/// `zfs rollback [-r] dataset@snapshot`.
+pub fn rollback_argv(dataset: &str, snapshot: &str, destroy_later: bool) -> Vec<String> {
+    let mut v: Vec<String> = vec!["zfs".into(), "rollback".into()];
+    if destroy_later {
+        v.push("-r".into());
+    }
+    v.push(format!("{dataset}@{snapshot}"));
+    v
+}
+
+/// `zfs receive -A dataset`.
+pub fn abort_receive_argv(dataset: &str) -> Vec<String> {
+    vec!["zfs".into(), "receive".into(), "-A".into(), dataset.into()]
+}
+
+/// `zfs inherit property dataset` (clears a user property).
+pub fn inherit_argv(dataset: &str, property: &str) -> Vec<String> {
+    vec!["zfs".into(), "inherit".into(), property.into(), dataset.into()]
+}
+
+/// Save `zfs send -I @base dataset@snapshot` into `file` on the host (written to
+/// `file.part`, renamed when complete). A fixed script; every value is a quoted argument.
+pub fn send_to_file_argv(dataset: &str, base: &str, snapshot: &str, file: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        "mkdir -p \"$(dirname \"$1\")\" && zfs send -I \"$2\" \"$3\" > \"$1.part\" && mv \"$1.part\" \"$1\"".into(),
+        "sh".into(),
+        file.into(),
+        format!("@{base}"),
+        format!("{dataset}@{snapshot}"),
+    ]
+}
+
 /// How the source node reaches the target for a direct stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectTarget {

@@ -92,6 +92,46 @@ pub enum ActionKind {
         settings: BTreeMap<String, String>,
         reload: bool,
     },
+    /// Run the spec's fencing command for a node (on the controller): proof that the node
+    /// can never serve again until it is reconciled.
+    Fence { node: String },
+    /// Check that a snapshot has the same guid on both sides (after a switchover's send).
+    VerifyGuid {
+        source: String,
+        source_dataset: String,
+        target: String,
+        target_dataset: String,
+        snapshot: String,
+    },
+    /// `zfs rollback [-r] dataset@snapshot`: to the newest complete snapshot on a promoted
+    /// replica (destroys nothing), or to the common base on a returning node after its
+    /// writes were preserved (`-r`: its later snapshots go, their data is in the saved delta).
+    Rollback {
+        dataset: String,
+        snapshot: String,
+        destroy_later: bool,
+    },
+    /// `zfs receive -A dataset`: discard an interrupted receive before a promotion.
+    AbortReceive { dataset: String },
+    /// Set (or with `None`, clear) one of spoolkeeper's user properties on a dataset, e.g.
+    /// `spoolkeeper:resync`, the durable record that a node must be resynced.
+    SetUserProperty {
+        dataset: String,
+        property: String,
+        value: Option<String>,
+    },
+    /// Save a returning node's writes since the common base: snapshot `snapshot` is sent as
+    /// an incremental stream from `base` into `file` on that node, before any rollback.
+    PreserveDelta {
+        dataset: String,
+        base: String,
+        snapshot: String,
+        file: String,
+    },
+    /// Replay archived mail newer than the watermark into the active node, exactly once.
+    ArchRestore { instance: String },
+    /// `postqueue -f`: a returning node hands its queued archive copies to the archive host.
+    FlushQueue,
     /// Delete held copies from the archive host's hold queue (`postsuper -d - hold`): only
     /// copies proven to be in the replica (before the watermark minus the margin).
     PurgeArchive {
@@ -145,6 +185,14 @@ impl ActionKind {
             ActionKind::WriteFile { .. } => "write_file",
             ActionKind::Postconf { .. } => "postconf",
             ActionKind::PurgeArchive { .. } => "purge_archive",
+            ActionKind::Fence { .. } => "fence",
+            ActionKind::VerifyGuid { .. } => "verify_guid",
+            ActionKind::Rollback { .. } => "rollback",
+            ActionKind::AbortReceive { .. } => "abort_receive",
+            ActionKind::SetUserProperty { .. } => "set_user_property",
+            ActionKind::PreserveDelta { .. } => "preserve_delta",
+            ActionKind::ArchRestore { .. } => "arch_restore",
+            ActionKind::FlushQueue => "flush_queue",
             ActionKind::Replicate { .. } => "replicate",
             ActionKind::Hold { .. } => "hold",
             ActionKind::Release { .. } => "release",
@@ -159,7 +207,15 @@ impl ActionKind {
             | ActionKind::StartInstance { .. }
             | ActionKind::Snapshot { .. }
             | ActionKind::Replicate { .. }
-            | ActionKind::Hold { .. } => Effect::Create,
+            | ActionKind::Hold { .. }
+            | ActionKind::PreserveDelta { .. }
+            | ActionKind::ArchRestore { .. } => Effect::Create,
+            ActionKind::VerifyGuid { .. }
+            | ActionKind::SetUserProperty { .. }
+            | ActionKind::FlushQueue => Effect::Change,
+            ActionKind::Fence { .. }
+            | ActionKind::Rollback { .. }
+            | ActionKind::AbortReceive { .. } => Effect::Remove,
             ActionKind::SetProperties { .. }
             | ActionKind::SetReadonly { .. }
             | ActionKind::WriteFile { .. }
@@ -177,7 +233,11 @@ impl ActionKind {
     pub fn destructive(&self) -> bool {
         matches!(
             self,
-            ActionKind::DestroySnapshots { .. } | ActionKind::PurgeArchive { .. }
+            ActionKind::DestroySnapshots { .. }
+                | ActionKind::PurgeArchive { .. }
+                | ActionKind::Rollback { .. }
+                | ActionKind::AbortReceive { .. }
+                | ActionKind::Fence { .. }
         )
     }
 
@@ -223,6 +283,46 @@ impl ActionKind {
                     .join(" "),
                 if *reload { ", then postfix reload" } else { "" }
             ),
+            ActionKind::Fence { node } => format!("fence {node} (run the fencing command)"),
+            ActionKind::VerifyGuid {
+                source,
+                target,
+                snapshot,
+                ..
+            } => format!("verify that @{snapshot} has the same guid on {source} and {target}"),
+            ActionKind::Rollback {
+                dataset,
+                snapshot,
+                destroy_later,
+            } => format!(
+                "roll {dataset} back to @{snapshot}{}",
+                if *destroy_later {
+                    " (its later snapshots go; their data was saved first)"
+                } else {
+                    " (its newest snapshot: nothing is destroyed)"
+                }
+            ),
+            ActionKind::AbortReceive { dataset } => {
+                format!("discard the interrupted receive into {dataset}")
+            }
+            ActionKind::SetUserProperty {
+                dataset,
+                property,
+                value,
+            } => match value {
+                Some(v) => format!("set {property}={v} on {dataset}"),
+                None => format!("clear {property} on {dataset}"),
+            },
+            ActionKind::PreserveDelta {
+                dataset,
+                base,
+                snapshot,
+                file,
+            } => format!("save the writes of {dataset} since @{base} (snapshot @{snapshot}) to {file}"),
+            ActionKind::ArchRestore { instance } => {
+                format!("replay archived mail of {instance} newer than the watermark, exactly once")
+            }
+            ActionKind::FlushQueue => "flush the Postfix queue (postqueue -f)".into(),
             ActionKind::PurgeArchive {
                 instance,
                 queue_ids,
@@ -300,7 +400,22 @@ impl Action {
             }
             ActionKind::WriteFile { path, .. } => path.clone(),
             ActionKind::Postconf { .. } => "main.cf".into(),
-            ActionKind::PurgeArchive { instance, .. } => instance.clone(),
+            ActionKind::PurgeArchive { instance, .. } | ActionKind::ArchRestore { instance } => {
+                instance.clone()
+            }
+            ActionKind::Fence { node } => node.clone(),
+            ActionKind::VerifyGuid {
+                target_dataset,
+                snapshot,
+                ..
+            } => format!("{target_dataset}@{snapshot}"),
+            ActionKind::Rollback { dataset, .. }
+            | ActionKind::AbortReceive { dataset }
+            | ActionKind::PreserveDelta { dataset, .. } => dataset.clone(),
+            ActionKind::SetUserProperty {
+                dataset, property, ..
+            } => format!("{dataset}:{property}"),
+            ActionKind::FlushQueue => "queue".into(),
             ActionKind::Replicate {
                 source_dataset,
                 target,

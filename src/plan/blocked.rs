@@ -37,6 +37,9 @@ pub enum Blocked {
         holder: String,
         dataset: String,
     },
+    /// More than one reachable node holds a live copy (writable, running or ahead): there
+    /// were two actives, or a manual change; spoolkeeper does not pick one.
+    SeveralLiveCopies { instance: String, nodes: Vec<String> },
     /// The dataset could not be observed on a reachable node (a command failed).
     ObservationIncomplete { node: String, errors: Vec<String> },
     /// Replication of an instance is refused (diverged replica, no common snapshot, …).
@@ -56,6 +59,7 @@ impl Blocked {
             Blocked::InstanceStateUnknown { .. } => "instance_state_unknown",
             Blocked::DataOnOtherNode { .. } => "data_on_other_node",
             Blocked::ObservationIncomplete { .. } => "observation_incomplete",
+            Blocked::SeveralLiveCopies { .. } => "several_live_copies",
             Blocked::Replication { .. } => "replication_conflict",
         }
     }
@@ -78,6 +82,10 @@ impl Blocked {
             Blocked::ObservationIncomplete { node, .. } => {
                 format!("fix the failing commands on {node} (see the errors) and run again")
             }
+            Blocked::SeveralLiveCopies { nodes, instance } => format!(
+                "stop {instance} everywhere but the node whose mail must be kept, make the other copies read-only (zfs set readonly=on) after saving what they hold, then run again; nodes: {}",
+                nodes.join(", ")
+            ),
             Blocked::Replication { conflict, .. } => conflict.operator_message(),
         }
     }
@@ -110,6 +118,11 @@ impl fmt::Display for Blocked {
             } => write!(
                 f,
                 "{instance}: {active} has no {dataset} but {holder} has it"
+            ),
+            Blocked::SeveralLiveCopies { instance, nodes } => write!(
+                f,
+                "{instance} has live copies on several nodes: {}",
+                nodes.join(", ")
             ),
             Blocked::ObservationIncomplete { node, errors } => {
                 write!(

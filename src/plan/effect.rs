@@ -134,7 +134,56 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                 d.snapshots.retain(|s| !snapshots.contains(&s.name));
             }
         }
-        ActionKind::Replicate { .. } => {}
+        ActionKind::Replicate { .. }
+        | ActionKind::Fence { .. }
+        | ActionKind::VerifyGuid { .. }
+        | ActionKind::ArchRestore { .. }
+        | ActionKind::FlushQueue => {}
+        ActionKind::Rollback {
+            dataset, snapshot, ..
+        } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                if let Some(i) = d.snapshots.iter().position(|s| s.name == *snapshot) {
+                    d.snapshots.truncate(i + 1);
+                }
+            }
+        }
+        ActionKind::AbortReceive { dataset } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                d.receive_resume_token = None;
+            }
+        }
+        ActionKind::SetUserProperty {
+            dataset,
+            property,
+            value,
+        } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                match value {
+                    Some(v) => {
+                        d.user_properties.insert(property.clone(), v.clone());
+                    }
+                    None => {
+                        d.user_properties.remove(property);
+                    }
+                }
+            }
+        }
+        ActionKind::PreserveDelta {
+            dataset, snapshot, ..
+        } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                let txg = d.snapshots.iter().filter_map(|s| s.createtxg).max().unwrap_or(0) + 1;
+                d.snapshots.push(Snapshot {
+                    name: snapshot.clone(),
+                    guid: fake_guid(dataset, snapshot),
+                    creation: Timestamp::UNIX_EPOCH,
+                    createtxg: Some(txg),
+                    userrefs: 0,
+                    used: 0,
+                });
+            }
+        }
         ActionKind::WriteFile { .. }
         | ActionKind::Postconf { .. }
         | ActionKind::PurgeArchive { .. } => {

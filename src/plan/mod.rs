@@ -25,6 +25,10 @@ use crate::observed::{Dataset, NodeObservation, Observation, RunState};
 use crate::spec::{NodeName, Spec};
 use crate::zfs;
 
+/// The dataset property naming the nodes to resync after a failover (durable, on the new
+/// active's dataset, where any controller sees it).
+pub const RESYNC_PROPERTY: &str = "spoolkeeper:resync";
+
 /// The version of the JSON plan format (`plan --output json`, `plan --out FILE`).
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -105,6 +109,9 @@ impl Context {
 
     /// What a completed action teaches the next plan (the journal is folded through this).
     pub fn learn(&mut self, a: &Action) {
+        if let ActionKind::Fence { node } = &a.kind {
+            self.fenced_by_command.insert(node.clone());
+        }
         if let ActionKind::Snapshot {
             dataset,
             name,
@@ -141,6 +148,7 @@ pub fn plan(spec: &Spec, obs: &Observation, now: Timestamp, ctx: &Context) -> Pl
         ctx,
         now,
         plan: Plan::new(spec.name.as_str(), fingerprint(obs)),
+        moving: BTreeSet::new(),
     };
     p.run();
     p.plan
@@ -152,6 +160,8 @@ struct Planner<'a> {
     ctx: &'a Context,
     now: Timestamp,
     plan: Plan,
+    /// Instances moved by a switchover this run: replication waits for the next run.
+    moving: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -458,6 +468,12 @@ impl<'a> Planner<'a> {
     /// replication base, and retention on both sides.
     fn protect(&mut self, active: &NodeName, name: &str, inst: &crate::spec::Instance) {
         let spec: &'a Spec = self.spec;
+        if self.moving.contains(name) {
+            self.plan.note(format!(
+                "{name} moves this run: replication from {active} resumes on the next run"
+            ));
+            return;
+        }
         let snaps_spec = &spec.spec.snapshots;
         let prefix = snaps_spec.prefix.as_str();
         let Some(ds) = dataset_name(spec, active, inst.dataset.as_str()) else {
@@ -775,6 +791,53 @@ impl<'a> Planner<'a> {
         let spec: &'a Spec = self.spec;
         let mut stops = Vec::new();
         let mut may_start = true;
+        let mut fences: Vec<graph::Id> = Vec::new();
+
+        // Where is the live copy? When the active node only holds a read-only replica and a
+        // reachable node holds a writable copy, runs the instance or has snapshots the replica
+        // lacks, the mail is there: move it first (switchover).
+        let a_copy = dataset_name(spec, active, inst.dataset.as_str())
+            .and_then(|d| self.node(active).and_then(|o| o.dataset(&d)).cloned());
+        if let Some(ad) = a_copy.as_ref().filter(|d| d.readonly == Some(true)) {
+            let holders: Vec<NodeName> = spec
+                .spec
+                .nodes
+                .keys()
+                .filter(|n| *n != active && self.reachable(n))
+                .filter(|n| {
+                    let Some(o) = self.node(n) else { return false };
+                    let running = o
+                        .instances
+                        .get(name)
+                        .is_some_and(|s| s.state == RunState::Running);
+                    let Some(od) = dataset_name(spec, n, inst.dataset.as_str())
+                        .and_then(|d| o.dataset(&d))
+                    else {
+                        return running;
+                    };
+                    let have: BTreeSet<u64> = ad.snapshots.iter().map(|s| s.guid).collect();
+                    let ahead = od.snapshots.iter().any(|s| !have.contains(&s.guid));
+                    running || od.readonly == Some(false) || ahead
+                })
+                .cloned()
+                .collect();
+            match holders.as_slice() {
+                [] => {}
+                [old] => {
+                    if self.switchover(active, old, name, inst, ad) {
+                        self.moving.insert(name.to_owned());
+                    }
+                    return;
+                }
+                many => {
+                    self.plan.block(Blocked::SeveralLiveCopies {
+                        instance: name.into(),
+                        nodes: many.iter().map(|n| n.to_string()).collect(),
+                    });
+                    return;
+                }
+            }
+        }
 
         // Every other node first: the instance must be stopped there before it can run here.
         for other in spec.spec.nodes.keys().filter(|n| *n != active) {
@@ -788,7 +851,20 @@ impl<'a> Planner<'a> {
                         .node(active)
                         .and_then(|o| o.instances.get(name))
                         .is_some_and(|s| s.state == RunState::Running);
-                    if !running_here {
+                    if !running_here && spec.spec.fencing.is_some() {
+                        // Fence it (the operator's command), then go on: a fenced node
+                        // cannot serve.
+                        fences.push(self.plan.add(Action::new(
+                            Target::Controller,
+                            ActionKind::Fence {
+                                node: other.to_string(),
+                            },
+                            format!(
+                                "{other} is unreachable ({}) and may still run {name}: it must be fenced before {name} starts on {active}",
+                                self.why_unreachable(other)
+                            ),
+                        )));
+                    } else if !running_here {
                         may_start = false;
                         let why = self.why_unreachable(other);
                         self.plan.block(Blocked::OtherNodeNotFenced {
@@ -910,6 +986,8 @@ impl<'a> Planner<'a> {
                 }
                 let mut rw = None;
                 if d.readonly != Some(false) && may_start {
+                    // Promoting a replica while a node is out of sight: failover.
+                    let pre = self.failover_steps(active, name, &d);
                     // Writable only once the instance is stopped everywhere else.
                     let a = self.plan.add(Action::new(
                         host.clone(),
@@ -919,7 +997,7 @@ impl<'a> Planner<'a> {
                         },
                         format!("{active} is the active node: its copy of {name} must be writable"),
                     ));
-                    for s in &stops {
+                    for s in stops.iter().chain(&fences).chain(&pre) {
                         self.plan.edge(*s, a);
                     }
                     ready.push(a);
@@ -960,12 +1038,289 @@ impl<'a> Planner<'a> {
                         },
                         format!("{active} is the active node of {name}"),
                     ));
-                    for r in ready.iter().chain(stops.iter()) {
+                    for r in ready.iter().chain(stops.iter()).chain(fences.iter()) {
                         self.plan.edge(*r, start);
+                    }
+                    if self.failing_over(active) && spec.spec.archive.is_some() {
+                        let restore = self.plan.add(Action::new(
+                            Target::Controller,
+                            ActionKind::ArchRestore {
+                                instance: name.into(),
+                            },
+                            format!(
+                                "mail {name} received after the last replication is only in the archive: replay it into {active}"
+                            ),
+                        ));
+                        self.plan.edge(start, restore);
                     }
                 }
             }
         }
+    }
+
+    /// Is any other node out of sight (so promoting a replica is a failover)?
+    fn failing_over(&self, active: &NodeName) -> bool {
+        self.spec
+            .spec
+            .nodes
+            .keys()
+            .any(|n| n != active && !self.reachable(n))
+    }
+
+    /// Before a replica is made writable in a failover: record durably which nodes must be
+    /// resynced, discard an interrupted receive, and roll back to the newest complete
+    /// snapshot (a replica has nothing after it; nothing is destroyed).
+    fn failover_steps(&mut self, active: &NodeName, name: &str, d: &Dataset) -> Vec<graph::Id> {
+        if !self.failing_over(active) {
+            return Vec::new();
+        }
+        let host = Target::Node(active.to_string());
+        let lost: Vec<String> = self
+            .spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != active && !self.reachable(n))
+            .map(|n| n.to_string())
+            .collect();
+        let mut ids = Vec::new();
+        let mark = self.plan.add(Action::new(
+            host.clone(),
+            ActionKind::SetUserProperty {
+                dataset: d.name.clone(),
+                property: RESYNC_PROPERTY.into(),
+                value: Some(lost.join(",")),
+            },
+            format!(
+                "{} may hold writes {active} never received: recorded on the dataset so that any controller resyncs them safely when they return",
+                lost.join(", ")
+            ),
+        ));
+        ids.push(mark);
+        let mut last = mark;
+        if d.receive_resume_token.is_some() {
+            let a = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::AbortReceive {
+                    dataset: d.name.clone(),
+                },
+                "an interrupted receive is discarded: the replica serves its newest complete snapshot".to_string(),
+            ));
+            self.plan.edge(last, a);
+            ids.push(a);
+            last = a;
+        }
+        if let Some(newest) = d.snapshots.last() {
+            let a = self.plan.add(Action::new(
+                host,
+                ActionKind::Rollback {
+                    dataset: d.name.clone(),
+                    snapshot: newest.name.clone(),
+                    destroy_later: false,
+                },
+                format!("{name} starts from the newest complete replicated snapshot"),
+            ));
+            self.plan.edge(last, a);
+            ids.push(a);
+        }
+        ids
+    }
+
+    /// Planned move of an instance from `old` (reachable, holding the live copy) to the
+    /// spec's active node: stop → final snapshot → incremental send → verify the guid → old
+    /// copy read-only → new copy writable and mounted → start. Returns false when blocked.
+    fn switchover(
+        &mut self,
+        active: &NodeName,
+        old: &NodeName,
+        name: &str,
+        inst: &crate::spec::Instance,
+        replica: &Dataset,
+    ) -> bool {
+        let spec: &'a Spec = self.spec;
+        let Some(o) = self.node(old) else { return false };
+        let Some(src_name) = dataset_name(spec, old, inst.dataset.as_str()) else {
+            return false;
+        };
+        let Some(src) = o.dataset(&src_name) else {
+            self.plan.block(Blocked::InstanceStateUnknown {
+                instance: name.into(),
+                node: old.to_string(),
+                detail: "it runs the instance but has no dataset".into(),
+            });
+            return false;
+        };
+        // Other nodes out of sight must be fenced too (never two actives).
+        for n in spec.spec.nodes.keys().filter(|n| *n != active && *n != old) {
+            if !self.reachable(n) && !self.is_fenced(n) {
+                self.plan.block(Blocked::OtherNodeNotFenced {
+                    instance: name.into(),
+                    node: n.to_string(),
+                    why: self.why_unreachable(n),
+                });
+                return false;
+            }
+        }
+        let Some(base) = crate::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
+        else {
+            self.plan.block(Blocked::Replication {
+                instance: name.into(),
+                node: active.to_string(),
+                conflict: crate::replication::Conflict::NoCommonSnapshot {
+                    source_newest: src.snapshots.last().cloned().unwrap_or(crate::observed::Snapshot {
+                        name: "-".into(),
+                        guid: 0,
+                        creation: self.now,
+                        createtxg: None,
+                        userrefs: 0,
+                        used: 0,
+                    }),
+                    target_snapshots: replica.snapshots.clone(),
+                },
+            });
+            return false;
+        };
+        // The replica must not have moved on by itself.
+        let have: BTreeSet<u64> = src.snapshots.iter().map(|s| s.guid).collect();
+        let replica_only: Vec<crate::observed::Snapshot> = replica
+            .snapshots
+            .iter()
+            .filter(|s| !have.contains(&s.guid))
+            .cloned()
+            .collect();
+        if !replica_only.is_empty() {
+            self.plan.block(Blocked::Replication {
+                instance: name.into(),
+                node: active.to_string(),
+                conflict: crate::replication::Conflict::Diverged {
+                    base,
+                    target_only: replica_only,
+                },
+            });
+            return false;
+        }
+        let prefix = spec.spec.snapshots.prefix.as_str();
+        let from = Target::Node(old.to_string());
+        let to_host = Target::Node(active.to_string());
+        let mut last: Option<graph::Id> = None;
+        let chain = |p: &mut Plan, last: &mut Option<graph::Id>, id: graph::Id| {
+            if let Some(l) = *last {
+                p.edge(l, id);
+            }
+            *last = Some(id);
+        };
+        let running = o
+            .instances
+            .get(name)
+            .is_some_and(|s| s.state != RunState::Stopped);
+        if running {
+            let id = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::StopInstance {
+                    instance: name.into(),
+                },
+                format!("switchover of {name} to {active}: the service pauses here, no message can arrive on {old} any more"),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let final_name = crate::retention::snapshot_name(prefix, self.now);
+        let snap = self.plan.add(Action::new(
+            from.clone(),
+            ActionKind::Snapshot {
+                dataset: src_name.clone(),
+                name: final_name.clone(),
+                backlog: crate::archive::backlog_of(
+                    o.postfix.as_ref().map(|p| p.queue.as_slice()),
+                    &inst.domains,
+                ),
+            },
+            format!("final snapshot of {name} on {old}: everything it accepted is in it"),
+        ));
+        chain(&mut self.plan, &mut last, snap);
+        let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
+        let target_pool = spec
+            .spec
+            .nodes
+            .get(active)
+            .map(|n| n.pool.to_string())
+            .unwrap_or_default();
+        let repl = self.plan.add(Action::new(
+            if relay { Target::Controller } else { from.clone() },
+            ActionKind::Replicate {
+                instance: name.into(),
+                source: old.to_string(),
+                source_dataset: src_name.clone(),
+                target: active.to_string(),
+                target_pool,
+                target_dataset: replica.name.clone(),
+                base: Some(base.name.clone()),
+                to: final_name.clone(),
+                relay,
+                resume_token: None,
+                resumable: false,
+            },
+            format!("bring {active}'s replica of {name} up to the final snapshot"),
+        ));
+        chain(&mut self.plan, &mut last, repl);
+        let verify = self.plan.add(Action::new(
+            Target::Controller,
+            ActionKind::VerifyGuid {
+                source: old.to_string(),
+                source_dataset: src_name.clone(),
+                target: active.to_string(),
+                target_dataset: replica.name.clone(),
+                snapshot: final_name.clone(),
+            },
+            "the new active must hold exactly what the old one had (zero loss by construction)".to_string(),
+        ));
+        chain(&mut self.plan, &mut last, verify);
+        if src.mounted == Some(true) {
+            let id = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::Unmount {
+                    dataset: src_name.clone(),
+                },
+                format!("{old} becomes passive: its copy stays unmounted"),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let ro = self.plan.add(Action::new(
+            from,
+            ActionKind::SetReadonly {
+                dataset: src_name.clone(),
+                readonly: true,
+            },
+            format!("{old} becomes passive: its copy must be read-only (never two writable copies)"),
+        ));
+        chain(&mut self.plan, &mut last, ro);
+        let rw = self.plan.add(Action::new(
+            to_host.clone(),
+            ActionKind::SetReadonly {
+                dataset: replica.name.clone(),
+                readonly: false,
+            },
+            format!("{active} is the active node: its copy of {name} must be writable"),
+        ));
+        chain(&mut self.plan, &mut last, rw);
+        if replica.mounted != Some(true) {
+            let id = self.plan.add(Action::new(
+                to_host.clone(),
+                ActionKind::Mount {
+                    dataset: replica.name.clone(),
+                },
+                format!("{name} serves mail from {}", replica.name),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let start = self.plan.add(Action::new(
+            to_host,
+            ActionKind::StartInstance {
+                instance: name.into(),
+            },
+            format!("{active} is the active node of {name}: the service resumes here"),
+        ));
+        chain(&mut self.plan, &mut last, start);
+        true
     }
 
     /// A non-active node's copy: read-only and unmounted, after the instance stopped there.
@@ -1013,9 +1368,8 @@ impl<'a> Planner<'a> {
 pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
     let node = match (&a.host, &a.kind) {
         (Target::Node(n), _) => n.as_str(),
-        (Target::Controller, ActionKind::Replicate { .. }) => "",
+        (Target::Controller, _) => "",
         (Target::Archive, _) => "",
-        (other, _) => return Err(format!("no command for host {other}")),
     };
     let runtime = |instance: &str| {
         spec.spec
@@ -1077,6 +1431,60 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             v
         }
         ActionKind::PurgeArchive { .. } => vec![crate::postfix_cmd::postsuper_delete_argv()],
+        ActionKind::Fence { node: fenced } => {
+            let f = spec
+                .spec
+                .fencing
+                .as_ref()
+                .ok_or("no fencing command in the spec")?;
+            let host = spec
+                .spec
+                .nodes
+                .iter()
+                .find(|(n, _)| n.as_str() == fenced)
+                .map(|(_, n)| n.ssh.host.clone())
+                .unwrap_or_default();
+            vec![
+                f.command
+                    .iter()
+                    .map(|a| a.replace("{node}", fenced).replace("{host}", &host))
+                    .collect(),
+            ]
+        }
+        ActionKind::VerifyGuid {
+            source_dataset,
+            target_dataset,
+            snapshot,
+            ..
+        } => vec![
+            zfs::guid_argv(source_dataset, snapshot),
+            zfs::guid_argv(target_dataset, snapshot),
+        ],
+        ActionKind::Rollback {
+            dataset,
+            snapshot,
+            destroy_later,
+        } => vec![zfs::rollback_argv(dataset, snapshot, *destroy_later)],
+        ActionKind::AbortReceive { dataset } => vec![zfs::abort_receive_argv(dataset)],
+        ActionKind::SetUserProperty {
+            dataset,
+            property,
+            value,
+        } => vec![match value {
+            Some(v) => zfs::set_argv(dataset, property, v),
+            None => zfs::inherit_argv(dataset, property),
+        }],
+        ActionKind::PreserveDelta {
+            dataset,
+            base,
+            snapshot,
+            file,
+        } => vec![
+            zfs::snapshot_argv(dataset, snapshot),
+            zfs::send_to_file_argv(dataset, base, snapshot, file),
+        ],
+        ActionKind::ArchRestore { .. } => Vec::new(),
+        ActionKind::FlushQueue => vec![vec!["postqueue".into(), "-f".into()]],
         ActionKind::Hold { dataset, snapshot } => vec![zfs::hold_argv(dataset, snapshot)],
         ActionKind::Release { dataset, snapshot } => vec![zfs::release_argv(dataset, snapshot)],
         ActionKind::DestroySnapshots {
