@@ -41,8 +41,9 @@ case "$verb" in
     fi
     ensure_daemons
     if ! has_addr; then ip addr add "$addr/24" dev "$dev"; fi
-    # Tell the segment the address moved (the old holder's MAC may be cached).
-    arping -q -U -c 1 -w 1 -I "$dev" "$addr" >/dev/null 2>&1 || true
+    # Tell the segment the address moved (the old holder's MAC may be cached); in the background
+    # (arping waits for its deadline) and detached from our stdio so that SSH returns at once.
+    (setsid arping -q -U -c 2 -w 2 -I "$dev" "$addr" </dev/null >/dev/null 2>&1 &)
     ip neigh flush dev "$dev" >/dev/null 2>&1 || true
     echo "sk-instance: $inst started on $(hostname) ($addr)"
     ;;

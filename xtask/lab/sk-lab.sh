@@ -406,6 +406,10 @@ wait_ssh() {
 
 cmd_up() {
   ensure_packages
+  [ -e /dev/fuse ] || modprobe fuse || die "no /dev/fuse: zfs-fuse needs the fuse module"
+  if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ]; then
+    log "warning: br_netfilter is active: a firewall FORWARD policy may drop traffic on $BR"
+  fi
   if [ -e "$LAB/up.done" ]; then
     local ok=1 h
     for h in "${HOSTS[@]}"; do host_exists "$h" || ok=0; done
