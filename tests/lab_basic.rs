@@ -13,7 +13,7 @@ const PATIENCE: Duration = Duration::from_secs(90);
 #[test]
 #[ignore = "needs the lab (root): run by cargo xtask ci"]
 fn lab_mail_round_trip_cut_and_power_loss() {
-    let lab_guard = Lab::up();
+    let lab_guard = Lab::fresh();
 
     // --- 20 messages over the two instances, read back over IMAP
     let students = send("students", "alice@students.lab", 12);
@@ -53,6 +53,23 @@ fn lab_mail_round_trip_cut_and_power_loss() {
     );
     // nobody else's mailbox got them
     assert_eq!(imap_ids("students", "carol@students.lab"), Ok(vec![]));
+
+    // --- site routing: archive.lab goes from the node to smtp-arch, which holds it
+    let archived = send("students", "alice=students.lab@archive.lab", 1);
+    assert_eq!(archived.len(), 1);
+    let held = eventually(PATIENCE, || {
+        let q = String::from_utf8_lossy(&ssh(SMTP_ARCH, &["postqueue", "-j"]).stdout).into_owned();
+        q.lines()
+            .any(|l| {
+                l.contains("\"queue_name\": \"hold\"")
+                    && l.contains("alice=students.lab@archive.lab")
+            })
+            .then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "smtp-arch never put the archive.lab message on hold"
+    );
 
     // --- network cut of node-a
     assert!(

@@ -58,6 +58,13 @@ pub fn lab_ok(args: &[&str]) -> String {
 pub struct Lab(());
 
 impl Lab {
+    /// The lab as `up` leaves it, whatever an earlier test did to it: down, then up.
+    pub fn fresh() -> Lab {
+        lab_ok(&["down"]);
+        Lab::up()
+    }
+
+    /// The lab up; an already running lab is reused as it is.
     pub fn up() -> Lab {
         lab_ok(&["up"]);
         Lab(())
