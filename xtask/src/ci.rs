@@ -6,10 +6,10 @@
 
 use crate::util::{cargo, is_root, run};
 
-pub fn main(args: &[String]) -> Result<(), String> {
+pub fn main(no_lab: bool) -> Result<(), String> {
     let cargo = cargo();
     let skip_lab = std::env::var("SK_SKIP_LAB").is_ok_and(|v| v == "1")
-        || args.iter().any(|a| a == "--no-lab");
+        || no_lab;
     run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
     run(
         "lint",

@@ -2,7 +2,7 @@
 
 use crate::util::{cargo, run};
 
-pub fn main(_args: &[String]) -> Result<(), String> {
+pub fn main(_keep: bool) -> Result<(), String> {
     let cargo = cargo();
     run(
         "build",

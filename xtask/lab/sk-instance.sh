@@ -1,0 +1,61 @@
+#!/bin/bash
+# sk-instance: the lab's `exec` runtime for one IMAP instance, run INSIDE a node (over SSH).
+#   sk-instance start|stop|status INSTANCE
+# start : the instance's dataset must be mounted; adds the service address to eth0, announces it
+#         (gratuitous ARP), makes sure the node's Postfix and Dovecot run.
+# stop  : removes the service address and kicks the IMAP sessions of the instance's domain.
+# status: LSB: 0 running here, 3 stopped, 1 address present but a mail daemon is dead.
+# Installed by `cargo xtask lab up` as /var/lib/sk-lab/bin/sk-instance; do not edit it there.
+set -euo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C
+
+usage() { echo "usage: sk-instance start|stop|status students|staff" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+verb=$1
+inst=$2
+case "$inst" in
+  students) addr=10.77.0.21; domain=students.lab ;;
+  staff)    addr=10.77.0.22; domain=staff.lab ;;
+  *) echo "sk-instance: unknown instance '$inst' (the lab knows students, staff)" >&2; exit 2 ;;
+esac
+mountpoint_dir=/zdata/imap/$inst
+dev=eth0
+
+has_addr() { ip -4 -o addr show dev "$dev" | grep -qF " $addr/"; }
+postfix_up() { postfix status >/dev/null 2>&1; }
+dovecot_up() {
+  [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null
+}
+ensure_daemons() {
+  # no stdio of ours for the daemons: the SSH session must end when we do
+  postfix_up || postfix start </dev/null >/dev/null 2>&1 || postfix_up
+  if ! dovecot_up; then dovecot </dev/null >/dev/null 2>&1; fi
+}
+
+case "$verb" in
+  start)
+    if ! mountpoint -q "$mountpoint_dir"; then
+      echo "sk-instance: dataset of $inst is not mounted at $mountpoint_dir on $(hostname); refusing to start" >&2
+      exit 1
+    fi
+    ensure_daemons
+    if ! has_addr; then ip addr add "$addr/24" dev "$dev"; fi
+    # Tell the segment the address moved (the old holder's MAC may be cached); in the background
+    # (arping waits for its deadline) and detached from our stdio so that SSH returns at once.
+    (setsid arping -q -U -c 2 -w 2 -I "$dev" "$addr" </dev/null >/dev/null 2>&1 &)
+    ip neigh flush dev "$dev" >/dev/null 2>&1 || true
+    echo "sk-instance: $inst started on $(hostname) ($addr)"
+    ;;
+  stop)
+    if has_addr; then ip addr del "$addr/24" dev "$dev"; fi
+    if dovecot_up; then doveadm kick "*@$domain" >/dev/null 2>&1 || true; fi
+    echo "sk-instance: $inst stopped on $(hostname)"
+    ;;
+  status)
+    if ! has_addr; then echo "$inst: stopped"; exit 3; fi
+    if postfix_up && dovecot_up; then echo "$inst: running ($addr)"; exit 0; fi
+    echo "$inst: address $addr present but postfix or dovecot is dead"; exit 1
+    ;;
+  *) usage ;;
+esac
