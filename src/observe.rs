@@ -51,6 +51,8 @@ fn cat_postfix_table_argv(file: &str) -> Vec<String> {
 pub struct Connections {
     pub nodes: BTreeMap<String, Result<Host, HostError>>,
     pub archive: Option<Result<Host, HostError>>,
+    /// This machine, for controller actions (fencing commands).
+    pub local: Host,
     pub trips: RoundTrips,
 }
 
@@ -108,6 +110,7 @@ pub async fn connect(s: &Spec) -> Connections {
     Connections {
         nodes,
         archive,
+        local: Host::new("controller", AnyHost::Local(crate::host::LocalHost), &trips),
         trips,
     }
 }
@@ -225,7 +228,7 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
         .flat_map(|i| i.properties.keys().map(String::as_str))
         .collect();
     let extra: Vec<&str> = extra.into_iter().collect();
-    let props = zfs::listing_properties(caps.zfs.as_ref(), &[], &extra);
+    let props = zfs::listing_properties(caps.zfs.as_ref(), &[crate::plan::RESYNC_PROPERTY], &extra);
 
     // Second round trip: everything else, in one batch.
     let mut cmds = vec![zfs::listing_argv(&props, &datasets)];

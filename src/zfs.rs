@@ -821,7 +821,12 @@ pub fn abort_receive_argv(dataset: &str) -> Vec<String> {
 
 /// `zfs inherit property dataset` (clears a user property).
 pub fn inherit_argv(dataset: &str, property: &str) -> Vec<String> {
-    vec!["zfs".into(), "inherit".into(), property.into(), dataset.into()]
+    vec![
+        "zfs".into(),
+        "inherit".into(),
+        property.into(),
+        dataset.into(),
+    ]
 }
 
 /// Save `zfs send -I @base dataset@snapshot` into `file` on the host (written to

@@ -207,7 +207,7 @@ fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, String> {
         Target::Archive => conns
             .archive()
             .ok_or_else(|| "archive host is not connected".into()),
-        Target::Controller => Err("controller actions are not run through a host".into()),
+        Target::Controller => Ok(&conns.local),
     }
 }
 
@@ -231,6 +231,36 @@ async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), 
             recv,
         )
         .await;
+    }
+    if let ActionKind::VerifyGuid { source, target, .. } = &a.kind {
+        let cmds = commands(spec, a)?;
+        let mut guids = Vec::new();
+        for (node, argv) in [source, target].into_iter().zip(&cmds) {
+            let h = host_of(conns, &Target::Node(node.clone()))?;
+            let out = h.run(argv).await.map_err(|e| e.to_string())?;
+            if !out.success() {
+                return Err(format!(
+                    "{node}: `{}`: {}",
+                    argv.join(" "),
+                    out.stderr_text().trim()
+                ));
+            }
+            guids.push(out.stdout_text().trim().to_string());
+        }
+        return if guids.len() == 2 && guids[0] == guids[1] && !guids[0].is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "guid mismatch after the send: {source} has {:?}, {target} has {:?}; nothing was switched",
+                guids.first(),
+                guids.get(1)
+            ))
+        };
+    }
+    if let ActionKind::ArchRestore { instance } = &a.kind {
+        return Err(format!(
+            "arch-restore of {instance} is not wired into apply in this build: run `spoolkeeper arch-restore --instance {instance}`"
+        ));
     }
     let host = host_of(conns, &a.host)?;
     let stdin = crate::plan::stdin_of(a)?;

@@ -318,7 +318,9 @@ impl ActionKind {
                 base,
                 snapshot,
                 file,
-            } => format!("save the writes of {dataset} since @{base} (snapshot @{snapshot}) to {file}"),
+            } => format!(
+                "save the writes of {dataset} since @{base} (snapshot @{snapshot}) to {file}"
+            ),
             ActionKind::ArchRestore { instance } => {
                 format!("replay archived mail of {instance} newer than the watermark, exactly once")
             }

@@ -39,7 +39,10 @@ pub enum Blocked {
     },
     /// More than one reachable node holds a live copy (writable, running or ahead): there
     /// were two actives, or a manual change; spoolkeeper does not pick one.
-    SeveralLiveCopies { instance: String, nodes: Vec<String> },
+    SeveralLiveCopies {
+        instance: String,
+        nodes: Vec<String>,
+    },
     /// The dataset could not be observed on a reachable node (a command failed).
     ObservationIncomplete { node: String, errors: Vec<String> },
     /// Replication of an instance is refused (diverged replica, no common snapshot, …).

@@ -173,7 +173,13 @@ pub fn apply(obs: &mut Observation, a: &Action) {
             dataset, snapshot, ..
         } => {
             if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
-                let txg = d.snapshots.iter().filter_map(|s| s.createtxg).max().unwrap_or(0) + 1;
+                let txg = d
+                    .snapshots
+                    .iter()
+                    .filter_map(|s| s.createtxg)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
                 d.snapshots.push(Snapshot {
                     name: snapshot.clone(),
                     guid: fake_guid(dataset, snapshot),

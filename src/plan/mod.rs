@@ -29,6 +29,40 @@ use crate::zfs;
 /// active's dataset, where any controller sees it).
 pub const RESYNC_PROPERTY: &str = "spoolkeeper:resync";
 
+/// Where a node named in `spoolkeeper:resync` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResyncPhase {
+    /// Returned or not: its writes must be preserved and its copy rolled back.
+    Pending,
+    /// Resynced; its queued mail must still be replayed.
+    Synced,
+}
+
+fn resync_marks(d: Option<&Dataset>) -> BTreeMap<String, ResyncPhase> {
+    d.and_then(|d| d.user_properties.get(RESYNC_PROPERTY))
+        .map(|v| {
+            v.split(',')
+                .filter(|e| !e.is_empty())
+                .map(|e| match e.split_once('=') {
+                    Some((n, "synced")) => (n.to_string(), ResyncPhase::Synced),
+                    Some((n, _)) => (n.to_string(), ResyncPhase::Pending),
+                    None => (e.to_string(), ResyncPhase::Pending),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn encode_marks(m: &BTreeMap<String, ResyncPhase>) -> String {
+    m.iter()
+        .map(|(n, p)| match p {
+            ResyncPhase::Pending => n.clone(),
+            ResyncPhase::Synced => format!("{n}=synced"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The version of the JSON plan format (`plan --output json`, `plan --out FILE`).
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -564,6 +598,30 @@ impl<'a> Planner<'a> {
                 .unwrap_or_default();
             let t_ds = t_obs.dataset(&tds);
             let target_snaps = t_ds.map(|d| d.snapshots.as_slice());
+            // A node that came back after a failover: preserve, roll back, resync.
+            let marks = resync_marks(observed);
+            match (marks.get(other.as_str()), t_ds) {
+                (Some(ResyncPhase::Pending), Some(t)) => {
+                    if let Some(id) = self.resync(
+                        active,
+                        other,
+                        name,
+                        &ds,
+                        &source,
+                        t,
+                        &after_snapshot,
+                        &marks,
+                    ) {
+                        before_prune_active.push(id);
+                    }
+                    prune_active = false;
+                    continue;
+                }
+                (Some(ResyncPhase::Synced), Some(_)) => {
+                    self.resync_drain(active, other, name, &ds, &marks);
+                }
+                _ => {}
+            }
             let step = crate::replication::replication_step(&source, target_snaps, None);
             let observed_base = target_snaps
                 .and_then(|t| crate::replication::common_base(&source, t))
@@ -810,8 +868,8 @@ impl<'a> Planner<'a> {
                         .instances
                         .get(name)
                         .is_some_and(|s| s.state == RunState::Running);
-                    let Some(od) = dataset_name(spec, n, inst.dataset.as_str())
-                        .and_then(|d| o.dataset(&d))
+                    let Some(od) =
+                        dataset_name(spec, n, inst.dataset.as_str()).and_then(|d| o.dataset(&d))
                     else {
                         return running;
                     };
@@ -1058,6 +1116,196 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Phase 1 of resyncing a returning node: its writes since the common base are saved
+    /// to a stream file on it, then it is rolled back to the base and receives the active's
+    /// snapshots incrementally. Returns the replication step's id.
+    #[allow(clippy::too_many_arguments)]
+    fn resync(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        ds: &str,
+        source: &[crate::observed::Snapshot],
+        t: &Dataset,
+        after_snapshot: &[graph::Id],
+        marks: &BTreeMap<String, ResyncPhase>,
+    ) -> Option<graph::Id> {
+        let spec: &'a Spec = self.spec;
+        let Some(base) = crate::replication::common_base(source, &t.snapshots).cloned() else {
+            self.plan.block(Blocked::Replication {
+                instance: name.into(),
+                node: other.to_string(),
+                conflict: crate::replication::Conflict::NoCommonSnapshot {
+                    source_newest: source.last().cloned()?,
+                    target_snapshots: t.snapshots.clone(),
+                },
+            });
+            return None;
+        };
+        let Some(to) = source.last().cloned() else {
+            return None;
+        };
+        let host = Target::Node(other.to_string());
+        let stamp = crate::retention::snapshot_name("x", self.now);
+        let stamp = stamp.trim_start_matches("x_");
+        let preserve_snap = format!("spoolkeeper-preserve-{stamp}");
+        let file = format!(
+            "/var/db/spoolkeeper/preserved/{}@{}-to-{preserve_snap}.zstream",
+            t.name.replace('/', "_"),
+            base.name
+        );
+        let stop = self.plan.id_of(&format!("{other}:stop_instance:{name}"));
+        let preserve = self.plan.add(Action::new(
+            host.clone(),
+            ActionKind::PreserveDelta {
+                dataset: t.name.clone(),
+                base: base.name.clone(),
+                snapshot: preserve_snap.clone(),
+                file: file.clone(),
+            },
+            format!(
+                "{other} was active until the failover: whatever it wrote after @{} is kept in {file} on {other} before anything is rolled back",
+                base.name
+            ),
+        ));
+        if let Some(s) = stop {
+            self.plan.edge(s, preserve);
+        }
+        let rollback = self.plan.add(Action::new(
+            host,
+            ActionKind::Rollback {
+                dataset: t.name.clone(),
+                snapshot: base.name.clone(),
+                destroy_later: true,
+            },
+            format!(
+                "{other} resumes as a replica from the common base @{} (no full resend)",
+                base.name
+            ),
+        ));
+        self.plan.edge(preserve, rollback);
+        let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
+        let target_pool = spec
+            .spec
+            .nodes
+            .get(other)
+            .map(|n| n.pool.to_string())
+            .unwrap_or_default();
+        let repl = self.plan.add(Action::new(
+            if relay {
+                Target::Controller
+            } else {
+                Target::Node(active.to_string())
+            },
+            ActionKind::Replicate {
+                instance: name.into(),
+                source: active.to_string(),
+                source_dataset: ds.to_string(),
+                target: other.to_string(),
+                target_pool,
+                target_dataset: t.name.clone(),
+                base: Some(base.name.clone()),
+                to: to.name.clone(),
+                relay,
+                resume_token: None,
+                resumable: false,
+            },
+            format!(
+                "replication {active} -> {other} resumes incrementally from @{}",
+                base.name
+            ),
+        ));
+        self.plan.edge(rollback, repl);
+        for d in after_snapshot {
+            self.plan.edge(*d, repl);
+        }
+        let mut next = marks.clone();
+        next.insert(other.to_string(), ResyncPhase::Synced);
+        let mark = self.plan.add(Action::new(
+            Target::Node(active.to_string()),
+            ActionKind::SetUserProperty {
+                dataset: ds.to_string(),
+                property: RESYNC_PROPERTY.into(),
+                value: Some(encode_marks(&next)),
+            },
+            format!("{other}'s replica is resynced; its queued mail is handed over next"),
+        ));
+        self.plan.edge(repl, mark);
+        Some(repl)
+    }
+
+    /// Phase 2: the returning node's queue hands its archive copies over, then they are
+    /// replayed into the active node exactly once, then the resync record is cleared.
+    fn resync_drain(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        ds: &str,
+        marks: &BTreeMap<String, ResyncPhase>,
+    ) {
+        let spec: &'a Spec = self.spec;
+        let archive_domain = spec
+            .spec
+            .archive
+            .as_ref()
+            .map(|a| a.address.archive_domain().to_ascii_lowercase());
+        let pending_copies = self.node(other).and_then(|o| o.postfix.as_ref()).map(|p| {
+            p.queue
+                .iter()
+                .filter(|e| {
+                    e.recipients.iter().any(|r| {
+                        archive_domain.as_ref().is_some_and(|ad| {
+                            r.address.to_ascii_lowercase().ends_with(&format!("@{ad}"))
+                        })
+                    })
+                })
+                .count()
+        });
+        match pending_copies {
+            Some(n) if n > 0 => {
+                self.plan.add(Action::new(
+                    Target::Node(other.to_string()),
+                    ActionKind::FlushQueue,
+                    format!("{n} archive copie(s) accepted by {other} before the failover are still in its queue: hand them to the archive host"),
+                ));
+                self.plan.note(format!(
+                    "{name}: waiting for {other}'s queue to reach the archive before replaying it into {active}"
+                ));
+            }
+            None => self.plan.note(format!(
+                "{name}: {other}'s Postfix queue was not observed: its mail is replayed once it is"
+            )),
+            Some(_) => {
+                let mut last = None;
+                if spec.spec.archive.is_some() {
+                    last = Some(self.plan.add(Action::new(
+                        Target::Controller,
+                        ActionKind::ArchRestore {
+                            instance: name.into(),
+                        },
+                        format!("mail {other} accepted before it failed reached the archive: replay what {active} lacks"),
+                    )));
+                }
+                let mut next = marks.clone();
+                next.remove(other.as_str());
+                let clear = self.plan.add(Action::new(
+                    Target::Node(active.to_string()),
+                    ActionKind::SetUserProperty {
+                        dataset: ds.to_string(),
+                        property: RESYNC_PROPERTY.into(),
+                        value: (!next.is_empty()).then(|| encode_marks(&next)),
+                    },
+                    format!("{other} is resynced and its mail replayed"),
+                ));
+                if let Some(l) = last {
+                    self.plan.edge(l, clear);
+                }
+            }
+        }
+    }
+
     /// Is any other node out of sight (so promoting a replica is a failover)?
     fn failing_over(&self, active: &NodeName) -> bool {
         self.spec
@@ -1138,7 +1386,9 @@ impl<'a> Planner<'a> {
         replica: &Dataset,
     ) -> bool {
         let spec: &'a Spec = self.spec;
-        let Some(o) = self.node(old) else { return false };
+        let Some(o) = self.node(old) else {
+            return false;
+        };
         let Some(src_name) = dataset_name(spec, old, inst.dataset.as_str()) else {
             return false;
         };
@@ -1161,20 +1411,23 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        let Some(base) = crate::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
+        let Some(base) =
+            crate::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
         else {
             self.plan.block(Blocked::Replication {
                 instance: name.into(),
                 node: active.to_string(),
                 conflict: crate::replication::Conflict::NoCommonSnapshot {
-                    source_newest: src.snapshots.last().cloned().unwrap_or(crate::observed::Snapshot {
-                        name: "-".into(),
-                        guid: 0,
-                        creation: self.now,
-                        createtxg: None,
-                        userrefs: 0,
-                        used: 0,
-                    }),
+                    source_newest: src.snapshots.last().cloned().unwrap_or(
+                        crate::observed::Snapshot {
+                            name: "-".into(),
+                            guid: 0,
+                            creation: self.now,
+                            createtxg: None,
+                            userrefs: 0,
+                            used: 0,
+                        },
+                    ),
                     target_snapshots: replica.snapshots.clone(),
                 },
             });
@@ -1245,7 +1498,11 @@ impl<'a> Planner<'a> {
             .map(|n| n.pool.to_string())
             .unwrap_or_default();
         let repl = self.plan.add(Action::new(
-            if relay { Target::Controller } else { from.clone() },
+            if relay {
+                Target::Controller
+            } else {
+                from.clone()
+            },
             ActionKind::Replicate {
                 instance: name.into(),
                 source: old.to_string(),
@@ -1271,7 +1528,8 @@ impl<'a> Planner<'a> {
                 target_dataset: replica.name.clone(),
                 snapshot: final_name.clone(),
             },
-            "the new active must hold exactly what the old one had (zero loss by construction)".to_string(),
+            "the new active must hold exactly what the old one had (zero loss by construction)"
+                .to_string(),
         ));
         chain(&mut self.plan, &mut last, verify);
         if src.mounted == Some(true) {
@@ -1290,7 +1548,9 @@ impl<'a> Planner<'a> {
                 dataset: src_name.clone(),
                 readonly: true,
             },
-            format!("{old} becomes passive: its copy must be read-only (never two writable copies)"),
+            format!(
+                "{old} becomes passive: its copy must be read-only (never two writable copies)"
+            ),
         ));
         chain(&mut self.plan, &mut last, ro);
         let rw = self.plan.add(Action::new(

@@ -653,3 +653,225 @@ fn retention_prunes_only_owned_snapshots_never_the_base() {
         render::text(&p, None)
     );
 }
+
+fn spec_fencing(active: &str) -> Spec {
+    let mut text = SPEC.replace("active: node-a", &format!("active: {active}"));
+    text.push_str("  fencing: { command: [/usr/local/sbin/fence, \"{node}\", \"{host}\"] }\n");
+    spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap()
+}
+
+/// node-a was active and has one more snapshot than its replicas; the spec now says node-b.
+fn before_move() -> Observation {
+    let mut o = converged();
+    let newer = snap("sk_20261128T115900Z", 777, "2026-11-28T11:59:00Z", 11);
+    for d in &mut o.nodes.get_mut("node-a").unwrap().datasets {
+        d.snapshots.push(newer.clone());
+    }
+    o
+}
+
+#[test]
+fn a_switchover_moves_the_mail_before_the_service() {
+    let s = spec_with("node-b", &[]);
+    let p = plan(&s, &before_move(), now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} not in {ids:#?}"))
+    };
+    let steps = [
+        "node-a:stop_instance:staff",
+        "node-a:snapshot:zdata/imap/staff",
+        "node-a:replicate:zdata/imap/staff->node-b",
+        "controller:verify_guid:zdata/imap/staff@",
+        "node-a:unmount:zdata/imap/staff",
+        "node-a:set_readonly:zdata/imap/staff",
+        "node-b:set_readonly:zdata/imap/staff",
+        "node-b:mount:zdata/imap/staff",
+        "node-b:start_instance:staff",
+    ];
+    for w in steps.windows(2) {
+        assert!(
+            pos(w[0]) < pos(w[1]),
+            "{} must come before {}\n{}",
+            w[0],
+            w[1],
+            render::text(&p, Some(&s))
+        );
+    }
+    // The final snapshot is what is sent, incrementally from the newest common snapshot.
+    let repl = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id.starts_with("node-a:replicate:zdata/imap/staff"))
+        .unwrap()
+        .clone();
+    match repl.kind {
+        ActionKind::Replicate { base, to, .. } => {
+            assert_eq!(base.as_deref(), Some(BASE));
+            assert_eq!(to, "sk_20261128T120000Z");
+        }
+        k => panic!("{k:?}"),
+    }
+    // Nothing replicates back in the same run, nothing is fenced, nothing restored.
+    assert!(
+        !ids.iter()
+            .any(|k| k.contains("->node-a") || k.contains("fence") || k.contains("arch_restore"))
+    );
+}
+
+#[test]
+fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
+    let mut o = before_move();
+    o.nodes.insert(
+        "node-a".into(),
+        NodeObservation::unreachable(UnreachableKind::Timeout, "power loss"),
+    );
+    let s = spec_with("node-b", &[]);
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| matches!(b, Blocked::OtherNodeNotFenced { node, .. } if node == "node-a"))
+    );
+    assert!(
+        !kinds(&p)
+            .iter()
+            .any(|k| k.contains("start_instance") || k.contains("readonly"))
+    );
+
+    // The operator attests node-a is down: promote, restore, record the resync.
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n  fenced: [node-a]\n");
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} not in {ids:#?}"))
+    };
+    for w in [
+        "node-b:set_user_property:zdata/imap/students:spoolkeeper:resync",
+        "node-b:rollback:zdata/imap/students",
+        "node-b:set_readonly:zdata/imap/students",
+        "node-b:start_instance:students",
+        "controller:arch_restore:students",
+    ]
+    .windows(2)
+    {
+        assert!(pos(w[0]) < pos(w[1]), "{} before {}", w[0], w[1]);
+    }
+    let mark = p
+        .actions()
+        .into_iter()
+        .find(|a| {
+            a.id.starts_with("node-b:set_user_property:zdata/imap/students")
+        })
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&mark.kind, ActionKind::SetUserProperty { value: Some(v), .. } if v == "node-a")
+    );
+
+    // With a fencing command: the fence runs first, then the same promotion.
+    let s = spec_fencing("node-b");
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    let ids = kinds(&p);
+    let pos = |k: &str| ids.iter().position(|i| i.starts_with(k)).unwrap();
+    assert!(pos("controller:fence:node-a") < pos("node-b:set_readonly:zdata/imap/staff"));
+    assert!(pos("controller:fence:node-a") < pos("node-b:start_instance:staff"));
+    let cmd = commands(&s, p.actions()[pos("controller:fence:node-a")]).unwrap();
+    assert_eq!(
+        cmd,
+        vec![vec![
+            "/usr/local/sbin/fence".to_string(),
+            "node-a".into(),
+            "a".into()
+        ]]
+    );
+}
+
+#[test]
+fn a_returning_node_is_preserved_rolled_back_and_resynced() {
+    // node-b is active after a failover; node-a comes back with writes of its own.
+    let mut o = converged();
+    for d in &mut o.nodes.get_mut("node-b").unwrap().datasets {
+        d.readonly = Some(false);
+        d.mounted = Some(true);
+        d.user_properties
+            .insert(RESYNC_PROPERTY.into(), "node-a".into());
+    }
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .instances
+        .insert("students".into(), state(RunState::Running));
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .instances
+        .insert("staff".into(), state(RunState::Running));
+    let a = o.nodes.get_mut("node-a").unwrap();
+    a.instances
+        .insert("students".into(), state(RunState::Running)); // came up by itself
+    for d in &mut a.datasets {
+        d.snapshots
+            .push(snap("sk_20261128T115900Z", 777, "2026-11-28T11:59:00Z", 11));
+    }
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  fenced: [node-a]\n");
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} not in {ids:#?}"))
+    };
+    for w in [
+        "node-a:stop_instance:students",
+        "node-a:preserve_delta:zdata/imap/students",
+        "node-a:rollback:zdata/imap/students",
+        "node-b:replicate:zdata/imap/students->node-a",
+        "node-b:set_user_property:zdata/imap/students:spoolkeeper:resync",
+    ]
+    .windows(2)
+    {
+        assert!(
+            pos(w[0]) < pos(w[1]),
+            "{} before {}\n{}",
+            w[0],
+            w[1],
+            render::text(&p, Some(&s))
+        );
+    }
+    assert!(
+        !ids.iter().any(|k| k.starts_with("node-a:start_instance")),
+        "the returning node never starts"
+    );
+    let rb = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id.starts_with("node-a:rollback:zdata/imap/students"))
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&rb.kind, ActionKind::Rollback { snapshot, destroy_later: true, .. } if snapshot == BASE)
+    );
+    let repl = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id.starts_with("node-b:replicate:zdata/imap/students"))
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&repl.kind, ActionKind::Replicate { base: Some(b), .. } if b == BASE),
+        "incremental, no full resend"
+    );
+}

@@ -8,8 +8,7 @@ use crate::util::{cargo, is_root, run};
 
 pub fn main(no_lab: bool) -> Result<(), String> {
     let cargo = cargo();
-    let skip_lab = std::env::var("SK_SKIP_LAB").is_ok_and(|v| v == "1")
-        || no_lab;
+    let skip_lab = std::env::var("SK_SKIP_LAB").is_ok_and(|v| v == "1") || no_lab;
     run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
     run(
         "lint",
