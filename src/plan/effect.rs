@@ -142,10 +142,10 @@ pub fn apply(obs: &mut Observation, a: &Action) {
         ActionKind::Rollback {
             dataset, snapshot, ..
         } => {
-            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
-                if let Some(i) = d.snapshots.iter().position(|s| s.name == *snapshot) {
-                    d.snapshots.truncate(i + 1);
-                }
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset)
+                && let Some(i) = d.snapshots.iter().position(|s| s.name == *snapshot)
+            {
+                d.snapshots.truncate(i + 1);
             }
         }
         ActionKind::AbortReceive { dataset } => {

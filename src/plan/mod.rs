@@ -1143,9 +1143,7 @@ impl<'a> Planner<'a> {
             });
             return None;
         };
-        let Some(to) = source.last().cloned() else {
-            return None;
-        };
+        let to = source.last().cloned()?;
         let host = Target::Node(other.to_string());
         let stamp = crate::retention::snapshot_name("x", self.now);
         let stamp = stamp.trim_start_matches("x_");
