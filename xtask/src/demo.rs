@@ -1,31 +1,165 @@
-//! `cargo xtask demo`: the main job, shown end to end.
+//! `cargo xtask demo`: the main job on the lab, end to end, as an operator would do it.
+//!
+//! Lab up → validate → plan → apply (datasets, snapshots, replication, archive BCC) → mail
+//! flows and is read back → a switchover (one-line edit: active: node-b) → a power loss of
+//! the active node and a fenced failover back to node-a (arch-restore replays what the
+//! replica lacked) → the old node boots and is resynced → status → lab down.
 
-use crate::util::{cargo, run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-pub fn main(_keep: bool) -> Result<(), String> {
-    let cargo = cargo();
-    run(
-        "build",
-        &cargo,
-        &["build", "--quiet", "--bin", "spoolkeeper"],
-    )?;
-    for spec in ["examples/univ.yaml", "examples/lab.yaml"] {
-        if crate::util::root().join(spec).exists() {
-            run(
-                &format!("validate {spec}"),
-                &cargo,
-                &[
-                    "run",
-                    "--quiet",
-                    "--bin",
-                    "spoolkeeper",
-                    "--",
-                    "validate",
-                    "-f",
-                    spec,
-                ],
-            )?;
-        }
+use xtask::lab::{self, Host, Instance, smtp::SendOptions};
+
+use crate::util::{cargo, root, run};
+
+fn step(title: &str) {
+    eprintln!("\n=============== {title}");
+}
+
+fn spoolkeeper(bin: &Path, args: &[&str], state: &Path) -> Result<i32, String> {
+    eprintln!("$ spoolkeeper {}", args.join(" "));
+    let st = Command::new(bin)
+        .args(args)
+        .env("SPOOLKEEPER_STATE_DIR", state)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run spoolkeeper: {e}"))?;
+    Ok(st.code().unwrap_or(1))
+}
+
+fn expect(code: i32, want: &[i32], what: &str) -> Result<(), String> {
+    if want.contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("{what}: exit {code}, expected {want:?}"))
     }
+}
+
+fn send(instance: Instance, to: &str, count: u32) -> Result<Vec<String>, String> {
+    let opts = SendOptions {
+        instance,
+        to: to.into(),
+        from: "sender@upstream.lab".into(),
+        count,
+        rate: None,
+        deadline: Duration::from_secs(120),
+    };
+    let mut sink = Vec::new();
+    lab::send(&opts, &mut sink).map_err(|e| e.to_string())
+}
+
+fn read_back(instance: Instance, user: &str, want: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let have = lab::imap_message_ids(instance, user).map_err(|e| e.to_string())?;
+        let missing: Vec<&String> = want.iter().filter(|m| !have.contains(m)).collect();
+        let dup = have.len() != have.iter().collect::<std::collections::BTreeSet<_>>().len();
+        if missing.is_empty() {
+            eprintln!(
+                "  {user}: all {} message(s) present{}",
+                want.len(),
+                if dup { ", BUT SOME TWICE" } else { ", none twice" }
+            );
+            return if dup { Err(format!("{user}: duplicates")) } else { Ok(()) };
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{user}: {} message(s) missing after 60 s", missing.len()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn spec_with_active(state: &Path, active: &str, fenced: &[&str]) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(root().join("examples/lab.yaml"))
+        .map_err(|e| format!("examples/lab.yaml: {e}"))?;
+    let mut text = text
+        .replace("active: node-a", &format!("active: {active}"))
+        .replace("../specs/", &format!("{}/specs/", root().display()));
+    if !fenced.is_empty() {
+        text = text.replace("fenced: []", &format!("fenced: [{}]", fenced.join(", ")));
+    }
+    let p = state.join(format!("lab-{active}.yaml"));
+    std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(p)
+}
+
+pub fn main(keep: bool) -> Result<(), String> {
+    let started = Instant::now();
+    step("build");
+    run("build", &cargo(), &["build", "--quiet", "--bin", "spoolkeeper"])?;
+    let bin = root().join("target/debug/spoolkeeper");
+    let state = std::env::temp_dir().join(format!("spoolkeeper-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let st = state.as_path();
+
+    step("1. the specs validate (no host is touched)");
+    expect(spoolkeeper(&bin, &["validate", "-f", "examples/univ.yaml"], st)?, &[0], "validate")?;
+    expect(spoolkeeper(&bin, &["validate", "-f", "examples/lab.yaml"], st)?, &[0], "validate")?;
+
+    step("2. the lab: node-a (active), node-b (empty), smtp-arch");
+    lab::up().map_err(|e| e.to_string())?;
+    let result = tour(&bin, st);
+    if keep {
+        eprintln!("\nlab left up (--keep): `cargo xtask lab down` when done");
+    } else {
+        step("lab down");
+        lab::down().map_err(|e| e.to_string())?;
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    eprintln!("\ndemo {} in {:.0?}", if result.is_ok() { "finished" } else { "FAILED" }, started.elapsed());
+    result
+}
+
+fn tour(bin: &Path, st: &Path) -> Result<(), String> {
+    let a = spec_with_active(st, "node-a", &[])?;
+    let a = a.to_str().unwrap_or("examples/lab.yaml");
+
+    step("3. plan: what spoolkeeper would do (exit 2: changes)");
+    expect(spoolkeeper(bin, &["plan", "-f", a], st)?, &[2], "plan")?;
+
+    step("4. apply: datasets, first snapshots, full replication to node-b, archive BCC");
+    expect(spoolkeeper(bin, &["apply", "-f", a], st)?, &[0], "apply")?;
+    expect(spoolkeeper(bin, &["plan", "-f", a], st)?, &[0, 2], "plan after apply")?;
+
+    step("5. mail flows; every copy is held on smtp-arch");
+    let s1 = send(Instance::Students, "alice@students.lab", 5)?;
+    let f1 = send(Instance::Staff, "bob@staff.lab", 5)?;
+    read_back(Instance::Students, "alice@students.lab", &s1)?;
+    read_back(Instance::Staff, "bob@staff.lab", &f1)?;
+    expect(spoolkeeper(bin, &["observe", "-f", a], st)?, &[0], "observe")?;
+
+    step("6. switchover: one-line edit `active: node-b`, plan, apply");
+    let b = spec_with_active(st, "node-b", &[])?;
+    let b = b.to_str().unwrap_or_default();
+    expect(spoolkeeper(bin, &["plan", "-f", b], st)?, &[2], "plan switchover")?;
+    let t = Instant::now();
+    expect(spoolkeeper(bin, &["apply", "-f", b], st)?, &[0], "apply switchover")?;
+    eprintln!("  switchover applied in {:.1?}", t.elapsed());
+    read_back(Instance::Students, "alice@students.lab", &s1)?;
+    let s2 = send(Instance::Students, "alice@students.lab", 3)?;
+    let mut all: Vec<String> = s1.iter().chain(&s2).cloned().collect();
+    read_back(Instance::Students, "alice@students.lab", &all)?;
+    expect(spoolkeeper(bin, &["apply", "-f", b], st)?, &[0], "apply: replication node-b -> node-a")?;
+
+    step("7. power loss of node-b (the active); mail keeps arriving; failover to node-a");
+    let s3 = send(Instance::Students, "alice@students.lab", 3)?;
+    all.extend(s3);
+    lab::kill(Host::NodeB).map_err(|e| e.to_string())?;
+    eprintln!("  node-b killed: its last messages are only in the archive now");
+    let back = spec_with_active(st, "node-a", &[])?;
+    let back = back.to_str().unwrap_or_default();
+    expect(spoolkeeper(bin, &["plan", "-f", back], st)?, &[2], "plan failover (fence first)")?;
+    let t = Instant::now();
+    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply failover")?;
+    eprintln!("  failover applied in {:.1?}", t.elapsed());
+    read_back(Instance::Students, "alice@students.lab", &all)?;
+
+    step("8. node-b boots: it stays passive, its writes are preserved, it is resynced");
+    lab::boot(Host::NodeB).map_err(|e| e.to_string())?;
+    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply resync")?;
+    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply drain")?;
+    read_back(Instance::Students, "alice@students.lab", &all)?;
+    expect(spoolkeeper(bin, &["observe", "-f", back], st)?, &[0], "observe")?;
     Ok(())
 }
