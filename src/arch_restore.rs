@@ -290,11 +290,12 @@ impl Report {
 // ---------------------------------------------------------------------------------------------
 
 /// The newest snapshot of a dataset (by `createtxg` when listed, which orders snapshots taken
-/// in the same second; by creation time otherwise).
+/// in the same second; by creation time otherwise; on a tie the last listed, as the listing
+/// is oldest first).
 pub fn newest_snapshot(ds: &Dataset) -> Option<&Snapshot> {
     ds.snapshots
         .iter()
-        .max_by_key(|s| (s.createtxg.unwrap_or(0), s.creation, s.name.as_str()))
+        .max_by_key(|s| (s.createtxg.unwrap_or(0), s.creation))
 }
 
 /// The original recipient of an archive address if it is at one of `domains` (the same rule
@@ -681,6 +682,22 @@ async fn mailbox_ids(
     Ok((present, broken))
 }
 
+fn would_replay(messages: &[MessageReport]) -> Vec<usize> {
+    messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.action == MessageAction::WouldReplay)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn fail_all(messages: &mut [MessageReport], todo: &[usize], why: &str) {
+    for &i in todo {
+        messages[i].action = MessageAction::Failed;
+        messages[i].reason = format!("not sent: {why}; the next run retries it");
+    }
+}
+
 /// Re-inject every `would_replay` line of `messages` over one `sendmail -bs` session on the
 /// active node, recording each `250` in the ledger before the next message.
 async fn replay_all(
@@ -690,49 +707,66 @@ async fn replay_all(
     ledger: &mut Ledger,
     errors: &mut Vec<String>,
 ) {
-    let todo: Vec<usize> = messages
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.action == MessageAction::WouldReplay)
-        .map(|(i, _)| i)
-        .collect();
+    let todo = would_replay(messages);
     if todo.is_empty() {
         return;
     }
-    let fail_rest = |messages: &mut [MessageReport], from: usize, why: &str| {
-        for &i in &todo[from..] {
-            messages[i].action = MessageAction::Failed;
-            messages[i].reason = format!("not sent: {why}; the next run retries it");
-        }
-    };
     let mut child = match node.spawn(&postfix_cmd::sendmail_bs_argv()).await {
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot start sendmail -bs on {}: {e}", node.label());
-            fail_rest(messages, 0, &why);
+            fail_all(messages, &todo, &why);
             errors.push(why);
             return;
         }
     };
     let stdin = std::mem::replace(&mut child.stdin, Box::pin(tokio::io::sink()));
     let stdout = std::mem::replace(&mut child.stdout, Box::pin(tokio::io::empty()));
-    let mut client = match smtp::Client::start(
-        tokio::io::join(stdout, stdin),
-        "spoolkeeper",
-        SMTP_TIMEOUT,
-    )
-    .await
-    {
+    let stream = tokio::io::join(stdout, stdin);
+    let clean = replay_session(stream, node.label(), messages, contents, ledger, errors).await;
+    match child.wait().await {
+        Ok(o) if !o.success() => {
+            let why = format!(
+                "sendmail -bs on {} exited {:?}: {}",
+                node.label(),
+                o.status,
+                o.stderr_text().trim()
+            );
+            if clean {
+                tracing::warn!("{why}");
+            } else {
+                errors.push(why);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(host = node.label(), "sendmail -bs: {e}"),
+    }
+}
+
+/// The SMTP part of [`replay_all`], over any stream. Returns whether the session ended
+/// cleanly (`QUIT`); when it did not, every message not accepted is `failed` and the reason
+/// is in `errors`.
+async fn replay_session<S>(
+    stream: S,
+    label: &str,
+    messages: &mut [MessageReport],
+    contents: &BTreeMap<String, HeldMessage>,
+    ledger: &mut Ledger,
+    errors: &mut Vec<String>,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let todo = would_replay(messages);
+    let mut client = match smtp::Client::start(stream, "spoolkeeper", SMTP_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => {
-            let why = format!("sendmail -bs on {}: {e}", node.label());
-            fail_rest(messages, 0, &why);
+            let why = format!("sendmail -bs on {label}: {e}");
+            fail_all(messages, &todo, &why);
             errors.push(why);
-            drop(child);
-            return;
+            return false;
         }
     };
-    let mut broke = false;
     for (n, &i) in todo.iter().enumerate() {
         let m = &mut messages[i];
         let Some(held) = contents.get(&m.queue_id) else {
@@ -759,10 +793,10 @@ async fn replay_all(
                     queued_as: queued_as(&reply),
                 };
                 m.reply = Some(reply.text());
+                m.action = MessageAction::Replayed;
                 if let Err(e) = ledger.record(&entry) {
-                    // Accepted but not recorded: stop here, the Message-ID check of the next
-                    // run must catch this one; sending more would widen the gap.
-                    m.action = MessageAction::Replayed;
+                    // Accepted but not recorded: stop here; the Message-ID check of the next
+                    // run must catch this one, and sending more would widen the gap.
                     m.reason = format!(
                         "accepted, but the replay ledger could not record it ({e}); the next run relies on the Message-ID check for it"
                     );
@@ -770,11 +804,13 @@ async fn replay_all(
                         "replay ledger {}: {e}; stopped re-injecting",
                         ledger.path.display()
                     ));
-                    fail_rest(messages, n + 1, "the replay ledger cannot be written");
-                    broke = true;
-                    break;
+                    fail_all(
+                        messages,
+                        &todo[n + 1..],
+                        "the replay ledger cannot be written",
+                    );
+                    return false;
                 }
-                m.action = MessageAction::Replayed;
             }
             Ok(smtp::Outcome::Accepted { reply, refused }) => {
                 m.action = MessageAction::Failed;
@@ -794,34 +830,24 @@ async fn replay_all(
                 m.reply = Some(reply.text());
             }
             Err(e) => {
-                let why = format!("the SMTP session on {} broke: {e}", node.label());
+                let why = format!("the SMTP session on {label} broke: {e}");
                 m.action = MessageAction::Failed;
                 m.reason = format!(
                     "in flight when {why}; the next run checks its Message-ID before sending again"
                 );
-                fail_rest(messages, n + 1, &why);
+                fail_all(messages, &todo[n + 1..], &why);
                 errors.push(why);
-                broke = true;
-                break;
+                return false;
             }
         }
     }
-    if !broke {
-        if let Err(e) = client.quit().await {
-            tracing::warn!(host = node.label(), "QUIT: {e}");
+    match client.quit().await {
+        Ok(_) => true,
+        Err(e) => {
+            // every message already has its answer; a lost QUIT changes nothing
+            tracing::warn!(host = label, "QUIT: {e}");
+            true
         }
-    } else {
-        drop(client);
-    }
-    match child.wait().await {
-        Ok(o) if !o.success() && !broke => tracing::warn!(
-            host = node.label(),
-            status = ?o.status,
-            stderr = %o.stderr_text().trim(),
-            "sendmail -bs exited non-zero"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(host = node.label(), "sendmail -bs: {e}"),
     }
 }
 
@@ -1130,4 +1156,550 @@ async fn run_locked(
     }
     tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "arch-restore");
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::{DatasetKind, QueueRecipient};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+
+    fn tpl() -> AddressTemplate {
+        "{local}={domain}@archive.lab".parse().unwrap()
+    }
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+    fn snap(name: &str, at: i64, txg: Option<u64>) -> Snapshot {
+        Snapshot {
+            name: name.into(),
+            guid: 1,
+            creation: ts(at),
+            createtxg: txg,
+            userrefs: 0,
+            used: 0,
+        }
+    }
+    fn dataset(snaps: Vec<Snapshot>) -> Dataset {
+        Dataset {
+            name: "zdata/imap/students".into(),
+            kind: DatasetKind::Filesystem,
+            creation: None,
+            guid: None,
+            used: None,
+            readonly: None,
+            mounted: None,
+            mountpoint: None,
+            createtxg: None,
+            receive_resume_token: None,
+            user_properties: BTreeMap::new(),
+            other_properties: BTreeMap::new(),
+            snapshots: snaps,
+        }
+    }
+    fn copy(id: &str, at: i64, mid: Option<&str>, rcpts: &[&str]) -> HeldCopy {
+        HeldCopy {
+            queue_id: id.into(),
+            arrival_time: ts(at),
+            sender: String::new(),
+            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+            message_id: mid.map(str::to_owned),
+        }
+    }
+    fn students() -> Vec<String> {
+        vec!["students.lab".into()]
+    }
+    fn input<'a>(
+        domains: &'a [String],
+        snapshot: Option<&'a Snapshot>,
+        backlog: SpoolBacklog,
+    ) -> InstanceInput<'a> {
+        InstanceInput {
+            instance: "students",
+            domains,
+            snapshot,
+            backlog,
+            active_offset_ms: Some(0),
+            archive_offset_ms: Some(0),
+            margin: SignedDuration::from_secs(60),
+        }
+    }
+    fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn newest_snapshot_by_txg_then_time_then_listing_order() {
+        let d = dataset(vec![
+            snap("a", 100, Some(5)),
+            snap("b", 100, Some(7)),
+            snap("c", 90, Some(6)),
+        ]);
+        assert_eq!(newest_snapshot(&d).map(|s| s.name.as_str()), Some("b"));
+        // zfs-fuse without createtxg: same second, the later listed wins
+        let d = dataset(vec![
+            snap("a", 50, None),
+            snap("b", 100, None),
+            snap("c", 100, None),
+        ]);
+        assert_eq!(newest_snapshot(&d).map(|s| s.name.as_str()), Some("c"));
+        assert!(newest_snapshot(&dataset(vec![])).is_none());
+    }
+
+    #[test]
+    fn original_recipient_keeps_the_local_part_and_only_our_domains() {
+        let t = tpl();
+        let d = students();
+        assert_eq!(
+            original_recipient(&t, &d, "John.Doe+x=Students.LAB@ARCHIVE.lab").as_deref(),
+            Some("John.Doe+x@students.lab")
+        );
+        assert_eq!(
+            original_recipient(&t, &d, "a=b=students.lab@archive.lab").as_deref(),
+            Some("a=b@students.lab")
+        );
+        assert_eq!(original_recipient(&t, &d, "a=staff.lab@archive.lab"), None);
+        assert_eq!(original_recipient(&t, &d, "a@students.lab"), None);
+    }
+
+    #[test]
+    fn held_for_keeps_held_entries_with_one_of_our_recipients() {
+        let e = |q: &str, queue: &str, r: &[&str]| QueueEntry {
+            queue_name: queue.into(),
+            queue_id: q.into(),
+            arrival_time: ts(0),
+            message_size: 1,
+            forced_expire: false,
+            sender: String::new(),
+            recipients: r
+                .iter()
+                .map(|a| QueueRecipient {
+                    address: a.to_string(),
+                    delay_reason: None,
+                })
+                .collect(),
+        };
+        let all = [
+            e("A", "hold", &["x=students.lab@archive.lab"]),
+            e("B", "hold", &["x=staff.lab@archive.lab"]),
+            e(
+                "C",
+                "hold",
+                &["x=staff.lab@archive.lab", "y=students.lab@archive.lab"],
+            ),
+            e("D", "deferred", &["x=students.lab@archive.lab"]),
+            e("E", "hold", &["someone@else.test"]),
+        ];
+        let ids: Vec<&str> = held_for(&all, &tpl(), &students())
+            .iter()
+            .map(|e| e.queue_id.as_str())
+            .collect();
+        assert_eq!(ids, ["A", "C"]);
+    }
+
+    #[test]
+    fn an_unknown_backlog_widens_the_window_to_every_held_copy() {
+        let d = students();
+        let s = snap("sk_1", 1000, None);
+        let held = vec![
+            copy("OLD", 100, Some("<old@x>"), &["a=students.lab@archive.lab"]),
+            copy(
+                "NEW",
+                2000,
+                Some("<new@x>"),
+                &["a=students.lab@archive.lab"],
+            ),
+        ];
+        let none = BTreeSet::new();
+        let p = plan_instance(
+            &input(&d, Some(&s), SpoolBacklog::Unknown),
+            &held,
+            &tpl(),
+            &none,
+            &none,
+        );
+        assert_eq!(p.since, None);
+        assert!(p.window.contains("was not observed"), "{}", p.window);
+        assert_eq!(p.replay.len(), 2);
+        // a recorded empty backlog narrows it to snapshot - margin
+        let p = plan_instance(
+            &input(&d, Some(&s), SpoolBacklog::Empty),
+            &held,
+            &tpl(),
+            &none,
+            &none,
+        );
+        assert_eq!(p.since, Some(ts(940)));
+        let ids: Vec<&str> = p.replay.iter().map(|r| r.queue_id.as_str()).collect();
+        assert_eq!(ids, ["NEW"]);
+        // no snapshot at all: everything
+        let p = plan_instance(
+            &input(&d, None, SpoolBacklog::Empty),
+            &held,
+            &tpl(),
+            &none,
+            &none,
+        );
+        assert_eq!((p.since, p.replay.len()), (None, 2));
+    }
+
+    #[test]
+    fn classify_names_why_each_copy_is_skipped() {
+        let d = students();
+        let s = snap("sk_1", 1000, None);
+        let held = vec![
+            copy("OLD", 100, Some("<old@x>"), &["a=students.lab@archive.lab"]),
+            copy(
+                "P",
+                2000,
+                Some("<p@x>"),
+                &["a=students.lab@archive.lab", "b=staff.lab@archive.lab"],
+            ),
+            copy("R", 2001, Some("<r@x>"), &["a=students.lab@archive.lab"]),
+            copy("N", 2002, Some("<n@x>"), &["B.C=students.lab@archive.lab"]),
+            copy("N2", 2003, Some("<n@x>"), &["B.C=students.lab@archive.lab"]),
+        ];
+        let present = set(&[("<p@x>", "a@students.lab")]);
+        let replayed = set(&[("R", "a@students.lab")]);
+        let inp = input(&d, Some(&s), SpoolBacklog::Empty);
+        let p = plan_instance(&inp, &held, &tpl(), &present, &replayed);
+        let got: BTreeMap<(String, String), MessageAction> = classify(
+            "students",
+            &p,
+            &held,
+            &tpl(),
+            &d,
+            Some(0),
+            &present,
+            &replayed,
+        )
+        .into_iter()
+        .map(|m| ((m.queue_id, m.recipient), m.action))
+        .collect();
+        let want: BTreeMap<(String, String), MessageAction> = [
+            ("OLD", MessageAction::SkippedBeforeWindow),
+            ("P", MessageAction::SkippedPresent),
+            ("R", MessageAction::SkippedReplayed),
+            ("N", MessageAction::WouldReplay),
+            ("N2", MessageAction::SkippedDuplicate),
+        ]
+        .into_iter()
+        .map(|(q, a)| {
+            let r = if q.starts_with('N') {
+                "B.C@students.lab"
+            } else {
+                "a@students.lab"
+            };
+            ((q.to_string(), r.to_string()), a)
+        })
+        .collect();
+        assert_eq!(got, want);
+        let c = Counts::of(&classify(
+            "students",
+            &p,
+            &held,
+            &tpl(),
+            &d,
+            Some(0),
+            &present,
+            &replayed,
+        ));
+        assert_eq!(
+            (
+                c.total,
+                c.would_replay,
+                c.skipped_present,
+                c.skipped_replayed
+            ),
+            (5, 1, 1, 1)
+        );
+        assert_eq!(
+            users_to_check(&plan_instance(
+                &inp,
+                &held,
+                &tpl(),
+                &BTreeSet::new(),
+                &BTreeSet::new()
+            )),
+            BTreeSet::from(["a@students.lab".to_string(), "B.C@students.lab".to_string()])
+        );
+    }
+
+    #[test]
+    fn queued_as_reads_postfix_replies_only() {
+        let r = |t: &str| smtp::Reply {
+            code: 250,
+            lines: vec![t.into()],
+        };
+        assert_eq!(
+            queued_as(&r("2.0.0 Ok: queued as 4dHw2x0Zq1z9tW")).as_deref(),
+            Some("4dHw2x0Zq1z9tW")
+        );
+        assert_eq!(queued_as(&r("2.0.0 Ok: queued as ALL")), None);
+        assert_eq!(queued_as(&r("2.0.0 Ok")), None);
+    }
+
+    #[test]
+    fn the_ledger_is_durable_append_only_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Ledger::path(dir.path(), "lab");
+        assert_eq!(Ledger::read(&path).unwrap(), (BTreeSet::new(), 0));
+        let entry = |q: &str, r: &str| LedgerEntry {
+            at: ts(0),
+            instance: "students".into(),
+            queue_id: q.into(),
+            recipient: r.into(),
+            message_id: None,
+            queued_as: Some("X1".into()),
+        };
+        let mut l = Ledger::new(dir.path(), "lab");
+        l.record(&entry("Q1", "a@students.lab")).unwrap();
+        drop(l);
+        let mut l = Ledger::new(dir.path(), "lab");
+        l.record(&entry("Q2", "b@students.lab")).unwrap();
+        drop(l);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"at\":\"2027-").unwrap();
+        drop(f);
+        let (got, bad) = Ledger::read(&path).unwrap();
+        assert_eq!(
+            got,
+            set(&[("Q1", "a@students.lab"), ("Q2", "b@students.lab")])
+        );
+        assert_eq!(bad, 1);
+        // an unreadable ledger (here: a directory) is an error, never an empty one
+        std::fs::create_dir_all(dir.path().join("x").join(LEDGER_FILE)).unwrap();
+        assert!(Ledger::read(&Ledger::path(dir.path(), "x")).is_err());
+    }
+
+    /// A scripted SMTP server: refuses RCPT for `refuse`, drops the connection when asked for
+    /// the `drop_at`-th message's DATA end (1-based), records the envelopes it queued.
+    async fn fake_server(
+        io: tokio::io::DuplexStream,
+        refuse: &'static str,
+        drop_at: Option<usize>,
+    ) -> Vec<(String, String, String)> {
+        let (r, mut w) = tokio::io::split(io);
+        let mut r = TokioBufReader::new(r);
+        let mut queued = Vec::new();
+        let (mut from, mut to, mut body, mut in_data, mut n) =
+            (String::new(), String::new(), String::new(), false, 0usize);
+        w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                return queued;
+            }
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    n += 1;
+                    if Some(n) == drop_at {
+                        return queued;
+                    }
+                    queued.push((from.clone(), to.clone(), body.clone()));
+                    body.clear();
+                    w.write_all(format!("250 2.0.0 Ok: queued as Q{n}\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                } else {
+                    body.push_str(&line);
+                }
+                continue;
+            }
+            let cmd = line.trim_end().to_string();
+            let reply = if cmd.starts_with("EHLO") {
+                "250 fake".to_string()
+            } else if let Some(a) = cmd.strip_prefix("MAIL FROM:") {
+                from = a.to_string();
+                "250 2.1.0 Ok".into()
+            } else if let Some(a) = cmd.strip_prefix("RCPT TO:") {
+                to = a.to_string();
+                if a.contains(refuse) {
+                    "550 5.1.1 no such user".into()
+                } else {
+                    "250 2.1.5 Ok".into()
+                }
+            } else if cmd == "DATA" {
+                in_data = true;
+                "354 go".into()
+            } else if cmd == "QUIT" {
+                w.write_all(b"221 bye\r\n").await.unwrap();
+                return queued;
+            } else {
+                "250 Ok".into()
+            };
+            w.write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    }
+
+    fn report(q: &str, rcpt: &str, sender: &str) -> MessageReport {
+        MessageReport {
+            instance: "students".into(),
+            queue_id: q.into(),
+            message_id: Some(format!("<{q}@x>")),
+            recipient: rcpt.into(),
+            sender: sender.into(),
+            arrival: ts(0),
+            action: MessageAction::WouldReplay,
+            reason: String::new(),
+            reply: None,
+        }
+    }
+    fn contents(ids: &[&str]) -> BTreeMap<String, HeldMessage> {
+        ids.iter()
+            .map(|q| {
+                (
+                    q.to_string(),
+                    HeldMessage {
+                        queue_name: "hold".into(),
+                        queue_id: q.to_string(),
+                        sender: String::new(),
+                        recipients: vec![],
+                        content_size: None,
+                        content: format!("Message-ID: <{q}@x>\n\n.dot line\nbody {q}\n")
+                            .into_bytes(),
+                        message_id: Some(format!("<{q}@x>")),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_session_replays_records_each_250_and_keeps_refusals_out_of_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(fake_server(b, "nobody@", None));
+        let mut msgs = vec![
+            report("Q1", "a@students.lab", ""),
+            report("Q2", "nobody@students.lab", "x@y.z"),
+            report("Q3", "c@students.lab", "x@y.z"),
+        ];
+        msgs[1].action = MessageAction::WouldReplay;
+        let mut skipped = report("Q4", "d@students.lab", "");
+        skipped.action = MessageAction::SkippedPresent;
+        msgs.push(skipped);
+        let mut ledger = Ledger::new(dir.path(), "lab");
+        let mut errors = Vec::new();
+        let clean = replay_session(
+            a,
+            "node-a",
+            &mut msgs,
+            &contents(&["Q1", "Q2", "Q3", "Q4"]),
+            &mut ledger,
+            &mut errors,
+        )
+        .await;
+        assert!(clean, "{errors:?}");
+        let queued = server.await.unwrap();
+        assert_eq!(
+            queued
+                .iter()
+                .map(|(f, t, _)| (f.as_str(), t.as_str()))
+                .collect::<Vec<_>>(),
+            [("<>", "<a@students.lab>"), ("<x@y.z>", "<c@students.lab>")]
+        );
+        assert!(
+            queued[0].2.contains("\r\n..dot line\r\n"),
+            "{:?}",
+            queued[0].2
+        );
+        let actions: Vec<MessageAction> = msgs.iter().map(|m| m.action).collect();
+        assert_eq!(
+            actions,
+            [
+                MessageAction::Replayed,
+                MessageAction::Failed,
+                MessageAction::Replayed,
+                MessageAction::SkippedPresent
+            ]
+        );
+        assert!(
+            msgs[1].reason.contains("refused at rcpt"),
+            "{}",
+            msgs[1].reason
+        );
+        let (got, _) = Ledger::read(&Ledger::path(dir.path(), "lab")).unwrap();
+        assert_eq!(
+            got,
+            set(&[("Q1", "a@students.lab"), ("Q3", "c@students.lab")])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_session_leaves_the_in_flight_message_to_the_message_id_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        // the server queues Q1, then dies before answering Q2's final dot
+        let server = tokio::spawn(fake_server(b, "-", Some(2)));
+        let mut msgs = vec![
+            report("Q1", "a@students.lab", ""),
+            report("Q2", "b@students.lab", ""),
+            report("Q3", "c@students.lab", ""),
+        ];
+        let mut ledger = Ledger::new(dir.path(), "lab");
+        let mut errors = Vec::new();
+        let clean = replay_session(
+            a,
+            "node-a",
+            &mut msgs,
+            &contents(&["Q1", "Q2", "Q3"]),
+            &mut ledger,
+            &mut errors,
+        )
+        .await;
+        assert!(!clean);
+        assert_eq!(server.await.unwrap().len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let actions: Vec<MessageAction> = msgs.iter().map(|m| m.action).collect();
+        assert_eq!(
+            actions,
+            [
+                MessageAction::Replayed,
+                MessageAction::Failed,
+                MessageAction::Failed
+            ]
+        );
+        assert!(msgs[1].reason.contains("in flight"), "{}", msgs[1].reason);
+        assert!(msgs[2].reason.contains("not sent"), "{}", msgs[2].reason);
+        let (got, _) = Ledger::read(&Ledger::path(dir.path(), "lab")).unwrap();
+        assert_eq!(got, set(&[("Q1", "a@students.lab")]));
+    }
+
+    #[test]
+    fn the_report_renders_every_message_and_the_counts() {
+        let mut m = report("Q1", "a@students.lab", "");
+        m.action = MessageAction::Replayed;
+        m.reply = Some("250 2.0.0 Ok: queued as X".into());
+        let messages = vec![m, report("Q2", "b@students.lab", "s@x.y")];
+        let r = Report {
+            cluster: "lab".into(),
+            dry_run: false,
+            instances: vec![],
+            counts: Counts::of(&messages),
+            messages,
+            errors: vec![],
+            warnings: vec![],
+            replay_secs: Some(0.5),
+        };
+        let t = r.text();
+        assert!(
+            t.contains("replayed              Q1 <Q1@x> -> a@students.lab from <>"),
+            "{t}"
+        );
+        assert!(t.contains("1 replayed, 1 would replay"), "{t}");
+        assert!(t.contains("(2 msgs/s)"), "{t}");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["messages"][0]["action"], "replayed");
+        assert_eq!(j["messages"][1]["action"], "would_replay");
+        assert_eq!(j["counts"]["replayed"], 1);
+        assert!(r.ok());
+    }
 }
