@@ -8,8 +8,9 @@
 //! 2. the archive host: `postcat -d -o -q ID…` of every held copy addressed to the instances'
 //!    archive addresses, in chunks of [`POSTCAT_CHUNK`] ids (one call up to that many; the
 //!    chunk keeps the SSH command line well under the protocol's packet size);
-//! 3. the active node: one batch of `doveadm fetch hdr.message-id` (one per recipient), which
-//!    Message-IDs each mailbox already holds;
+//! 3. the active node: `postqueue -j` (what its own Postfix is still delivering), then ONE
+//!    batch of `postcat` of those messages (their Message-IDs) and `doveadm fetch
+//!    hdr.message-id` per recipient (which Message-IDs each mailbox already holds);
 //! 4. the active node: ONE `sendmail -bs` session carrying every re-injection, each recorded in
 //!    the replay ledger right after its `250`.
 //!
@@ -38,10 +39,20 @@
 //!
 //! * mailbox check: a (Message-ID, recipient) already in the recipient's mailbox (any folder,
 //!   from one day before the window) is skipped;
+//! * spool queue check: a (Message-ID, recipient) still in the active node's Postfix queue is
+//!   skipped: it is being delivered. This covers mail flowing normally while `arch-restore`
+//!   runs (its archive copy can be held before its delivery ends) and a replay of an earlier
+//!   run that is not delivered yet (see [`spool_state`] for the ordering that closes the race);
 //! * replay ledger `<state_dir>/<cluster>/replayed.jsonl`: one JSON line per (archive queue id,
 //!   recipient) accepted with `250` by the active node, fsync'd before the next message is
-//!   sent. A crash replays at most the message in flight; when it reached the mailbox the
-//!   Message-ID check catches it.
+//!   sent. A crash replays at most the message in flight; the mailbox and spool queue checks
+//!   catch it (it is in one of them once accepted).
+//!
+//! Known limit (in [`archive::restore_set`]): a (Message-ID, recipient) that the ledger says
+//! was replayed is also skipped through any other held copy. If the spool loses the replayed
+//! delivery AGAIN before a replication covers it (a second loss), the fresh archive copy that
+//! the replay made is skipped as a duplicate and the message is not restored. With the spool
+//! queue check above, the ledger could be consulted only for messages without Message-ID.
 //! * the same (Message-ID, recipient) held twice is replayed once ([`archive::restore_set`]).
 //! * [`main`] takes the cluster lock on the active node, so two `arch-restore` (or an apply)
 //!   never replay concurrently. [`run`] does not: the failover step calls it under apply's lock.
@@ -89,6 +100,9 @@ pub enum MessageAction {
     WouldReplay,
     /// The recipient's mailbox already holds its Message-ID.
     SkippedPresent,
+    /// The active node's own Postfix queue holds its Message-ID for the recipient: it is
+    /// being delivered (normal flow, or a replay of an earlier run still in flight).
+    SkippedQueued,
     /// The replay ledger says an earlier run replayed it.
     SkippedReplayed,
     /// Older than the window: the replica holds it.
@@ -106,6 +120,7 @@ impl MessageAction {
             MessageAction::Replayed => "replayed",
             MessageAction::WouldReplay => "would_replay",
             MessageAction::SkippedPresent => "skipped_present",
+            MessageAction::SkippedQueued => "skipped_queued",
             MessageAction::SkippedReplayed => "skipped_replayed",
             MessageAction::SkippedBeforeWindow => "skipped_before_window",
             MessageAction::SkippedDuplicate => "skipped_duplicate",
@@ -161,6 +176,7 @@ pub struct Counts {
     pub replayed: usize,
     pub would_replay: usize,
     pub skipped_present: usize,
+    pub skipped_queued: usize,
     pub skipped_replayed: usize,
     pub skipped_before_window: usize,
     pub skipped_duplicate: usize,
@@ -179,6 +195,7 @@ impl Counts {
                 MessageAction::Replayed => &mut c.replayed,
                 MessageAction::WouldReplay => &mut c.would_replay,
                 MessageAction::SkippedPresent => &mut c.skipped_present,
+                MessageAction::SkippedQueued => &mut c.skipped_queued,
                 MessageAction::SkippedReplayed => &mut c.skipped_replayed,
                 MessageAction::SkippedBeforeWindow => &mut c.skipped_before_window,
                 MessageAction::SkippedDuplicate => &mut c.skipped_duplicate,
@@ -257,11 +274,12 @@ impl Report {
         let c = &self.counts;
         let _ = writeln!(
             s,
-            "{} held (message, recipient): {} replayed, {} would replay, {} already in the mailbox, {} already replayed, {} before the window, {} duplicates, {} failed",
+            "{} held (message, recipient): {} replayed, {} would replay, {} already in the mailbox, {} queued on the spool, {} already replayed, {} before the window, {} duplicates, {} failed",
             c.total,
             c.replayed,
             c.would_replay,
             c.skipped_present,
+            c.skipped_queued,
             c.skipped_replayed,
             c.skipped_before_window,
             c.skipped_duplicate,
@@ -327,6 +345,40 @@ pub fn held_for<'a>(
                 .any(|r| original_recipient(template, domains, &r.address).is_some())
         })
         .collect()
+}
+
+/// The spool's queue entries (any queue) with a recipient at one of `domains`: the messages
+/// the active node is still delivering.
+pub fn spool_pending<'a>(
+    queue: impl IntoIterator<Item = &'a QueueEntry>,
+    domains: &[String],
+) -> Vec<&'a QueueEntry> {
+    queue
+        .into_iter()
+        .filter(|e| e.recipients.iter().any(|r| at_domains(&r.address, domains)))
+        .collect()
+}
+
+fn at_domains(addr: &str, domains: &[String]) -> bool {
+    addr.rsplit_once('@')
+        .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+}
+
+/// `(Message-ID, recipient)` of the spool's pending messages (recipients at `domains`, domain
+/// lower-cased as [`original_recipient`] writes it).
+pub fn pending_pairs(dumped: &[HeldMessage], domains: &[String]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for m in dumped {
+        let Some(id) = &m.message_id else { continue };
+        for r in &m.recipients {
+            if let Some((l, d)) = r.rsplit_once('@')
+                && at_domains(r, domains)
+            {
+                out.insert((id.clone(), format!("{l}@{}", d.to_ascii_lowercase())));
+            }
+        }
+    }
+    out
 }
 
 /// The inputs of one instance's decision.
@@ -409,6 +461,7 @@ pub fn classify(
     domains: &[String],
     archive_offset_ms: Option<i64>,
     present: &BTreeSet<(String, String)>,
+    queued: &BTreeSet<(String, String)>,
     replayed: &BTreeSet<(String, String)>,
 ) -> Vec<MessageReport> {
     let by_id: BTreeMap<&str, &HeldCopy> = held.iter().map(|h| (h.queue_id.as_str(), h)).collect();
@@ -442,8 +495,18 @@ pub fn classify(
             MessageAction::SkippedReplayed
         } else if key_m.as_ref().is_some_and(|k| present.contains(k)) {
             MessageAction::SkippedPresent
+        } else if key_m.as_ref().is_some_and(|k| queued.contains(k)) {
+            MessageAction::SkippedQueued
         } else {
             MessageAction::SkippedDuplicate
+        };
+        let reason = if action == MessageAction::SkippedQueued {
+            format!(
+                "{} for {rcpt} is in the active node's Postfix queue: it is being delivered",
+                h.message_id.as_deref().unwrap_or_default()
+            )
+        } else {
+            s.reason.clone()
         };
         out.push(MessageReport {
             instance: instance.to_owned(),
@@ -453,7 +516,7 @@ pub fn classify(
             sender: h.sender.clone(),
             arrival,
             action,
-            reason: s.reason.clone(),
+            reason,
             reply: None,
         });
     }
@@ -632,16 +695,46 @@ async fn dump_held(
     Ok((messages, warnings))
 }
 
-/// Which Message-IDs each user's mailbox holds (one batch on the active node). Users whose
-/// mailbox could not be read are returned apart: nothing is replayed to them.
-async fn mailbox_ids(
+/// What the active node holds or is delivering, read in ONE batch: `postcat` of each of its
+/// queued messages for our domains (listed just before by `postqueue -j`), then `doveadm
+/// fetch` of each user's Message-IDs. The order closes the race with normal delivery: a
+/// message listed in the queue and gone when postcat runs was delivered before doveadm reads
+/// the mailbox; a message accepted after the listing has its archive copy made after the
+/// archive host was observed, so it is not among the held copies considered.
+///
+/// Returns (in mailboxes, in the queue, users that could not be checked with why).
+#[allow(clippy::type_complexity)]
+async fn spool_state(
     node: &Host,
+    pending: &[&QueueEntry],
     users: &BTreeSet<String>,
     since: &BTreeMap<String, Option<Timestamp>>,
-) -> Result<(BTreeSet<(String, String)>, BTreeMap<String, String>), String> {
+    domains: &[String],
+) -> Result<
+    (
+        BTreeSet<(String, String)>,
+        BTreeSet<(String, String)>,
+        BTreeMap<String, String>,
+    ),
+    String,
+> {
     let mut present = BTreeSet::new();
     let mut broken = BTreeMap::new();
     let mut cmds = Vec::new();
+    let mut queued_ids = Vec::new();
+    for e in pending {
+        match postfix_cmd::postcat_argv([e.queue_id.as_str()]) {
+            Ok(a) => {
+                cmds.push(a);
+                queued_ids.push(*e);
+            }
+            Err(err) => {
+                for r in &e.recipients {
+                    broken.insert(r.address.clone(), err.to_string());
+                }
+            }
+        }
+    }
     let mut who = Vec::new();
     for u in users {
         match dovecot::fetch_message_ids_argv(u, since.get(u).copied().flatten()) {
@@ -655,13 +748,38 @@ async fn mailbox_ids(
         }
     }
     if cmds.is_empty() {
-        return Ok((present, broken));
+        return Ok((present, BTreeSet::new(), broken));
     }
     let outs = node
         .run_batch(&cmds)
         .await
-        .map_err(|e| format!("doveadm on the active node: {e}"))?;
-    for (u, o) in who.into_iter().zip(outs) {
+        .map_err(|e| format!("postcat/doveadm on the active node: {e}"))?;
+    let (q_outs, d_outs) = outs.split_at(queued_ids.len().min(outs.len()));
+    let mut dumped = Vec::new();
+    for (e, o) in queued_ids.iter().zip(q_outs) {
+        let parsed = postfix_cmd::parse_postcat(&o.stdout);
+        match (o.success(), parsed) {
+            (true, Ok(d)) if d.truncated.is_none() => dumped.extend(d.messages),
+            // delivered (or bounced) between the listing and now: the mailbox check sees it
+            (false, _) if postfix_cmd::postcat_missing_id(&o.stderr_text()).is_some() => {}
+            (_, res) => {
+                let why = match res {
+                    Err(err) => err.to_string(),
+                    Ok(_) => format!(
+                        "postcat of spool message {} exited {:?}: {}",
+                        e.queue_id,
+                        o.status,
+                        o.stderr_text().trim()
+                    ),
+                };
+                for r in &e.recipients {
+                    broken.insert(r.address.clone(), why.clone());
+                }
+            }
+        }
+    }
+    let queued = pending_pairs(&dumped, domains);
+    for (u, o) in who.into_iter().zip(d_outs) {
         match o.status {
             Some(0) => match dovecot::parse_fetch_message_ids(&o.stdout_text()) {
                 Ok(ids) => present.extend(dovecot::present_pairs(&u, &ids)),
@@ -679,7 +797,7 @@ async fn mailbox_ids(
             }
         }
     }
-    Ok((present, broken))
+    Ok((present, queued, broken))
 }
 
 fn would_replay(messages: &[MessageReport]) -> Vec<usize> {
@@ -974,7 +1092,24 @@ pub async fn run(
             users.insert(u);
         }
     }
-    let (present, broken) = mailbox_ids(node, &users, &since).await?;
+    // the spool's own queue, listed now (after the archive host was observed)
+    let listing = node
+        .run(&crate::postfix::postqueue_argv())
+        .await
+        .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
+    if !listing.success() {
+        return Err(format!(
+            "postqueue -j on {active} exited {:?}: {}",
+            listing.status,
+            listing.stderr_text().trim()
+        ));
+    }
+    let spool_queue = crate::postfix::parse_postqueue(&listing.stdout_text())
+        .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
+    let pending = spool_pending(&spool_queue, &all_domains);
+    let (mailboxes, queued, broken) =
+        spool_state(node, &pending, &users, &since, &all_domains).await?;
+    let present: BTreeSet<(String, String)> = mailboxes.union(&queued).cloned().collect();
 
     // 4. decide
     let mut instance_reports = Vec::new();
@@ -995,7 +1130,8 @@ pub async fn run(
             template,
             input.domains,
             input.archive_offset_ms,
-            &present,
+            &mailboxes,
+            &queued,
             &replayed,
         ));
     }
@@ -1361,8 +1497,11 @@ mod tests {
             copy("R", 2001, Some("<r@x>"), &["a=students.lab@archive.lab"]),
             copy("N", 2002, Some("<n@x>"), &["B.C=students.lab@archive.lab"]),
             copy("N2", 2003, Some("<n@x>"), &["B.C=students.lab@archive.lab"]),
+            copy("Q", 2004, Some("<q@x>"), &["a=students.lab@archive.lab"]),
         ];
-        let present = set(&[("<p@x>", "a@students.lab")]);
+        let mailbox = set(&[("<p@x>", "a@students.lab")]);
+        let queued = set(&[("<q@x>", "a@students.lab")]);
+        let present: BTreeSet<_> = mailbox.union(&queued).cloned().collect();
         let replayed = set(&[("R", "a@students.lab")]);
         let inp = input(&d, Some(&s), SpoolBacklog::Empty);
         let p = plan_instance(&inp, &held, &tpl(), &present, &replayed);
@@ -1373,7 +1512,8 @@ mod tests {
             &tpl(),
             &d,
             Some(0),
-            &present,
+            &mailbox,
+            &queued,
             &replayed,
         )
         .into_iter()
@@ -1385,6 +1525,7 @@ mod tests {
             ("R", MessageAction::SkippedReplayed),
             ("N", MessageAction::WouldReplay),
             ("N2", MessageAction::SkippedDuplicate),
+            ("Q", MessageAction::SkippedQueued),
         ]
         .into_iter()
         .map(|(q, a)| {
@@ -1404,7 +1545,8 @@ mod tests {
             &tpl(),
             &d,
             Some(0),
-            &present,
+            &mailbox,
+            &queued,
             &replayed,
         ));
         assert_eq!(
@@ -1412,9 +1554,10 @@ mod tests {
                 c.total,
                 c.would_replay,
                 c.skipped_present,
+                c.skipped_queued,
                 c.skipped_replayed
             ),
-            (5, 1, 1, 1)
+            (6, 1, 1, 1, 1)
         );
         assert_eq!(
             users_to_check(&plan_instance(
@@ -1425,6 +1568,56 @@ mod tests {
                 &BTreeSet::new()
             )),
             BTreeSet::from(["a@students.lab".to_string(), "B.C@students.lab".to_string()])
+        );
+    }
+
+    #[test]
+    fn the_spools_pending_messages_count_as_being_delivered() {
+        let q = |id: &str, rcpts: &[&str]| QueueEntry {
+            queue_name: "deferred".into(),
+            queue_id: id.into(),
+            arrival_time: ts(0),
+            message_size: 1,
+            forced_expire: false,
+            sender: String::new(),
+            recipients: rcpts
+                .iter()
+                .map(|a| QueueRecipient {
+                    address: a.to_string(),
+                    delay_reason: None,
+                })
+                .collect(),
+        };
+        let queue = [
+            q("A", &["x@Students.lab"]),
+            q("B", &["x=students.lab@archive.lab"]),
+            q("C", &["y@staff.lab", "z@students.lab"]),
+        ];
+        let ids: Vec<&str> = spool_pending(&queue, &students())
+            .iter()
+            .map(|e| e.queue_id.as_str())
+            .collect();
+        assert_eq!(ids, ["A", "C"]);
+        let m = |id: &str, mid: Option<&str>, rcpts: &[&str]| HeldMessage {
+            queue_name: "deferred".into(),
+            queue_id: id.into(),
+            sender: String::new(),
+            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+            content_size: None,
+            content: vec![],
+            message_id: mid.map(str::to_owned),
+        };
+        let got = pending_pairs(
+            &[
+                m("A", Some("<a@x>"), &["X.Y@Students.LAB"]),
+                m("C", Some("<c@x>"), &["y@staff.lab", "z@students.lab"]),
+                m("D", None, &["w@students.lab"]),
+            ],
+            &students(),
+        );
+        assert_eq!(
+            got,
+            set(&[("<a@x>", "X.Y@students.lab"), ("<c@x>", "z@students.lab")])
         );
     }
 
