@@ -42,7 +42,7 @@
 //! * spool queue check: a (Message-ID, recipient) still in the active node's Postfix queue is
 //!   skipped: it is being delivered. This covers mail flowing normally while `arch-restore`
 //!   runs (its archive copy can be held before its delivery ends) and a replay of an earlier
-//!   run that is not delivered yet (see [`spool_state`] for the ordering that closes the race);
+//!   run that is not delivered yet (`spool_state` documents the ordering that closes the race);
 //! * replay ledger `<state_dir>/<cluster>/replayed.jsonl`: one JSON line per (archive queue id,
 //!   recipient) accepted with `250` by the active node, fsync'd before the next message is
 //!   sent. A crash replays at most the message in flight; the mailbox and spool queue checks
@@ -51,8 +51,11 @@
 //! Known limit (in [`archive::restore_set`]): a (Message-ID, recipient) that the ledger says
 //! was replayed is also skipped through any other held copy. If the spool loses the replayed
 //! delivery AGAIN before a replication covers it (a second loss), the fresh archive copy that
-//! the replay made is skipped as a duplicate and the message is not restored. With the spool
-//! queue check above, the ledger could be consulted only for messages without Message-ID.
+//! the replay made is skipped as a duplicate and the message is not restored. This is kept on
+//! purpose: without it, a rerun would deliver again a replayed message that the user has read
+//! and deleted since (not idempotent). After a second loss, the operator moves the ledger
+//! aside before running `arch-restore` again: the mailbox and spool queue checks still keep
+//! what is present from being delivered twice.
 //! * the same (Message-ID, recipient) held twice is replayed once ([`archive::restore_set`]).
 //! * [`main`] takes the cluster lock on the active node, so two `arch-restore` (or an apply)
 //!   never replay concurrently. [`run`] does not: the failover step calls it under apply's lock.
