@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md` for the module map and the data flow.
 
 pub mod apply;
+pub mod arch_restore;
 pub mod archive;
 pub mod capabilities;
 pub mod cli;

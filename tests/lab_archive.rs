@@ -1,0 +1,282 @@
+//! Lab tests for the archive (issue 7): copies held on smtp-arch, and `arch-restore` after a
+//! simulated loss brings back exactly the lost messages, once. Need the lab (root,
+//! `cargo xtask lab up`); run by `cargo xtask ci`.
+//!
+//! Every test uses its own mailbox (a fresh local part), so tests of other engineers sharing
+//! the lab do not disturb the counts. Waiting is polling with a deadline (mail delivery is
+//! asynchronous); no assertion is about time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use spoolkeeper::arch_restore::{self, MessageAction, Report};
+use spoolkeeper::spec::Spec;
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lab_spec() -> Spec {
+    let mut specs = spoolkeeper::spec::load(&root().join("examples/lab.yaml")).expect("lab spec");
+    specs.remove(0)
+}
+
+/// `cargo xtask lab ARGS…`: (exit code, stdout). Panics when cargo cannot be started.
+fn lab(args: &[&str]) -> (i32, String) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root())
+        .args(["xtask", "lab"])
+        .args(args)
+        .output()
+        .expect("run cargo xtask lab");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn lab_ok(args: &[&str]) -> String {
+    let (code, out) = lab(args);
+    assert_eq!(code, 0, "cargo xtask lab {args:?} failed: {out}");
+    out
+}
+
+fn exec(host: &str, argv: &[&str]) -> String {
+    let mut a = vec!["exec", host, "--"];
+    a.extend_from_slice(argv);
+    lab_ok(&a)
+}
+
+/// A mailbox nobody else uses.
+fn fresh_user(tag: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("sk-{tag}-{}-{n}@students.lab", std::process::id())
+}
+
+fn send(to: &str, count: u32) -> Vec<String> {
+    let n = count.to_string();
+    let out = lab_ok(&["send", "--instance", "students", "--to", to, "--count", &n]);
+    let ids: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(
+        ids.len(),
+        count as usize,
+        "not every message accepted: {out}"
+    );
+    ids
+}
+
+/// Message-ID -> how many times the mailbox holds it.
+fn imap(user: &str) -> BTreeMap<String, usize> {
+    let out = lab_ok(&["imap", "--instance", "students", "--user", user, "--list"]);
+    let mut m = BTreeMap::new();
+    for l in out.lines().filter(|l| !l.is_empty()) {
+        *m.entry(l.to_owned()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Message-ID -> held copies on smtp-arch for the archive address of `user`.
+fn held_for(user: &str) -> BTreeMap<String, usize> {
+    let spec = lab_spec();
+    let tpl = &spec.spec.archive.as_ref().expect("archive").address;
+    let (local, domain) = user.split_once('@').expect("address");
+    let archived = tpl.encode(local, domain);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let conns = spoolkeeper::observe::connect(&spec).await;
+        let obs = spoolkeeper::observe::observe(&spec, &conns).await;
+        let arch = conns.archive().expect("archive host reachable");
+        let held: Vec<String> = obs
+            .archive
+            .as_ref()
+            .and_then(|a| a.postfix.as_ref())
+            .map(|p| {
+                p.held()
+                    .filter(|e| e.recipients.iter().any(|r| r.address == archived))
+                    .map(|e| e.queue_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut m = BTreeMap::new();
+        for id in held {
+            let argv = spoolkeeper::postfix_cmd::postcat_argv([id.as_str()]).expect("id");
+            let out = arch.run(&argv).await.expect("postcat");
+            if let Ok(d) = spoolkeeper::postfix_cmd::parse_postcat(&out.stdout) {
+                for msg in d.messages {
+                    if let Some(mid) = msg.message_id {
+                        *m.entry(mid).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        m
+    })
+}
+
+fn arch_restore(state: &Path) -> Report {
+    let spec = lab_spec();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let conns = spoolkeeper::observe::connect(&spec).await;
+        let obs = spoolkeeper::observe::observe(&spec, &conns).await;
+        arch_restore::run(&spec, &conns, &obs, Some("students"), false, state)
+            .await
+            .expect("arch-restore runs")
+    })
+}
+
+/// Configure the BCC maps and the archive host (the planner's job), with a private journal.
+fn apply(state: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spoolkeeper"))
+        .current_dir(root())
+        .args(["apply", "-f", "examples/lab.yaml", "--state-dir"])
+        .arg(state)
+        .output()
+        .expect("run spoolkeeper apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "spoolkeeper apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn mail_accepted_by_a_spool_is_held_on_the_archive_host() {
+    let state = tempfile::tempdir().expect("tempdir");
+    apply(state.path());
+    let user = fresh_user("held");
+    let ids = send(&user, 3);
+    let held = wait_for("the BCC copies on smtp-arch", || {
+        let h = held_for(&user);
+        ids.iter().all(|i| h.contains_key(i)).then_some(h)
+    });
+    for i in &ids {
+        assert_eq!(held[i], 1, "{i} held {} times", held[i]);
+    }
+    assert_eq!(
+        held.len(),
+        ids.len(),
+        "held copies of unknown messages: {held:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn arch_restore_brings_back_exactly_the_lost_messages_once() {
+    let state = tempfile::tempdir().expect("tempdir");
+    apply(state.path());
+    let user = fresh_user("loss");
+    let ds = "zdata/imap/students";
+
+    // before the snapshot: in the replica-to-be
+    let before = send(&user, 2);
+    wait_for("the first messages in the mailbox", || {
+        let m = imap(&user);
+        before.iter().all(|i| m.contains_key(i)).then_some(())
+    });
+    let snap = format!(
+        "{ds}@restoretest-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    exec("node-a", &["zfs", "snapshot", &snap]);
+
+    // after the snapshot: delivered and held, then lost
+    let after = send(&user, 3);
+    wait_for("the later messages delivered and held", || {
+        let m = imap(&user);
+        let h = held_for(&user);
+        after
+            .iter()
+            .all(|i| m.contains_key(i) && h.contains_key(i))
+            .then_some(())
+    });
+    let sk = "/var/lib/sk-lab/bin/sk-instance";
+    exec("node-a", &[sk, "stop", "students"]);
+    exec("node-a", &["zfs", "rollback", "-r", &snap]);
+    exec("node-a", &[sk, "start", "students"]);
+    let lost = imap(&user);
+    for i in &after {
+        assert!(
+            !lost.contains_key(i),
+            "{i} survived the rollback: no loss simulated"
+        );
+    }
+    for i in &before {
+        assert_eq!(lost.get(i), Some(&1), "{i} should be in the snapshot");
+    }
+
+    // restore
+    let report = arch_restore(state.path());
+    assert!(report.ok(), "{}", report.text());
+    let mine: Vec<_> = report
+        .messages
+        .iter()
+        .filter(|m| m.recipient == user)
+        .collect();
+    let mut replayed: Vec<String> = mine
+        .iter()
+        .filter(|m| m.action == MessageAction::Replayed)
+        .filter_map(|m| m.message_id.clone())
+        .collect();
+    replayed.sort();
+    let mut want = after.clone();
+    want.sort();
+    assert_eq!(replayed, want, "{}", report.text());
+    for m in mine
+        .iter()
+        .filter(|m| before.contains(m.message_id.as_ref().unwrap_or(&String::new())))
+    {
+        assert_eq!(m.action, MessageAction::SkippedPresent, "{}", report.text());
+    }
+
+    // every message exactly once, read over IMAP
+    let all = wait_for("the replayed messages in the mailbox", || {
+        let m = imap(&user);
+        after.iter().all(|i| m.contains_key(i)).then_some(m)
+    });
+    for i in before.iter().chain(&after) {
+        assert_eq!(all.get(i), Some(&1), "{i} in the mailbox: {all:?}");
+    }
+    assert_eq!(all.len(), before.len() + after.len(), "{all:?}");
+
+    // a rerun replays nothing (the replays' own archive copies included)
+    let again = arch_restore(state.path());
+    assert!(again.ok(), "{}", again.text());
+    let replayed_again: Vec<_> = again
+        .messages
+        .iter()
+        .filter(|m| m.recipient == user && m.action == MessageAction::Replayed)
+        .collect();
+    assert!(replayed_again.is_empty(), "{}", again.text());
+    let all = imap(&user);
+    for i in before.iter().chain(&after) {
+        assert_eq!(all.get(i), Some(&1), "{i} after the rerun: {all:?}");
+    }
+    // leave no stray snapshot behind (it is the newest: nothing depends on it)
+    let _ = lab(&["exec", "node-a", "--", "zfs", "destroy", &snap]);
+}
