@@ -1069,16 +1069,23 @@ pub async fn run(
 
     // 3. per instance: window and candidate recipients, then one mailbox batch for all
     let margin = archive_spec.margin.as_signed();
+    // The spool backlog recorded when each snapshot was taken (the journal), which narrows
+    // the window to what the snapshot may lack; unknown = every held copy.
+    let learned =
+        crate::apply::journal::context(&crate::apply::journal::Journal::read(state_dir, cluster));
     let inputs: Vec<InstanceInput<'_>> = instances
         .iter()
         .map(|(name, inst)| {
             let ds = format!("{pool}/{}", inst.dataset.as_str());
+            let snapshot = active_obs.dataset(&ds).and_then(newest_snapshot);
+            let backlog = snapshot
+                .and_then(|s| learned.backlogs.get(&format!("{ds}@{}", s.name)).copied())
+                .unwrap_or(SpoolBacklog::Unknown);
             InstanceInput {
                 instance: name,
                 domains: &inst.domains,
-                snapshot: active_obs.dataset(&ds).and_then(newest_snapshot),
-                // not recorded at snapshot time yet: see the module docs
-                backlog: SpoolBacklog::Unknown,
+                snapshot,
+                backlog,
                 active_offset_ms: active_obs.capabilities.clock_offset_ms,
                 archive_offset_ms: archive_obs.capabilities.clock_offset_ms,
                 margin,

@@ -127,6 +127,22 @@ enum Command {
         #[command(flatten)]
         apply: ApplyArgs,
     },
+    /// Replay archived mail newer than the watermark into the active node, exactly once.
+    #[command(name = "arch-restore")]
+    ArchRestore {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only this instance (default: all).
+        #[arg(long)]
+        instance: Option<String>,
+        /// List what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum)]
+        output: Option<Output>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Connect to every host and print the observed state. Exit 0 (unreachable hosts are
     /// reported, not fatal), 1 on a bad spec.
     Observe {
@@ -146,6 +162,19 @@ pub fn main() -> ExitCode {
         Command::Schema => schema(),
         Command::Observe { file, output } => observe(&file, default_output(output)),
         Command::Plan { plan } => run_plan(&plan, None),
+        Command::ArchRestore {
+            file,
+            instance,
+            dry_run,
+            output,
+            state_dir,
+        } => crate::arch_restore::main(
+            &file,
+            instance,
+            dry_run,
+            default_output(output) == Output::Json,
+            state_dir,
+        ),
         Command::Reconcile {
             dry_run: true,
             plan,

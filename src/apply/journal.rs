@@ -40,6 +40,7 @@ pub enum Phase {
 
 /// The journal of one cluster.
 pub struct Journal {
+    state_dir: PathBuf,
     path: PathBuf,
     file: File,
     pub run: String,
@@ -53,11 +54,21 @@ impl Journal {
         let path = dir.join("journal.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let run = format!("{}-{}", Timestamp::now().as_second(), std::process::id());
-        Ok(Journal { path, file, run })
+        Ok(Journal {
+            state_dir: state_dir.to_owned(),
+            path,
+            file,
+            run,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The state directory this journal lives in.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Append one record and make it durable before returning.

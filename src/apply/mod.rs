@@ -111,6 +111,8 @@ pub async fn execute(
             };
         }
     };
+    let state_dir_buf = journal.state_dir().to_owned();
+    let state_dir = state_dir_buf.as_path();
     let mut outcome: HashMap<petgraph::graph::NodeIndex, Outcome> = HashMap::new();
     let mut running_per_host: BTreeMap<Target, usize> = BTreeMap::new();
     let mut running = FuturesUnordered::new();
@@ -162,7 +164,7 @@ pub async fn execute(
                 let span = tracing::info_span!("action", id = %a.id, host = %a.host);
                 let _g = span.enter();
                 tracing::info!(summary = %a.kind.summary(), "start");
-                let r = run_action(spec, conns, a).await;
+                let r = run_action(spec, conns, a, state_dir).await;
                 (id, r)
             });
         }
@@ -211,7 +213,12 @@ fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, String> {
     }
 }
 
-async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), String> {
+async fn run_action(
+    spec: &Spec,
+    conns: &Connections,
+    a: &Action,
+    state_dir: &std::path::Path,
+) -> Result<(), String> {
     if let ActionKind::Replicate {
         source,
         target,
@@ -258,9 +265,19 @@ async fn run_action(spec: &Spec, conns: &Connections, a: &Action) -> Result<(), 
         };
     }
     if let ActionKind::ArchRestore { instance } = &a.kind {
-        return Err(format!(
-            "arch-restore of {instance} is not wired into apply in this build: run `spoolkeeper arch-restore --instance {instance}`"
-        ));
+        // A fresh look: the instance was just started, the archive queue moved on.
+        let obs = crate::observe::observe(spec, conns).await;
+        let report =
+            crate::arch_restore::run(spec, conns, &obs, Some(instance), false, state_dir).await?;
+        tracing::info!(instance = %instance, report = %report.text().trim(), "arch-restore");
+        return if report.ok() {
+            Ok(())
+        } else {
+            Err(format!(
+                "arch-restore of {instance}: {}",
+                report.text().trim()
+            ))
+        };
     }
     let host = host_of(conns, &a.host)?;
     let stdin = crate::plan::stdin_of(a)?;

@@ -59,12 +59,23 @@ fn read_back(instance: Instance, user: &str, want: &[String]) -> Result<(), Stri
             eprintln!(
                 "  {user}: all {} message(s) present{}",
                 want.len(),
-                if dup { ", BUT SOME TWICE" } else { ", none twice" }
+                if dup {
+                    ", BUT SOME TWICE"
+                } else {
+                    ", none twice"
+                }
             );
-            return if dup { Err(format!("{user}: duplicates")) } else { Ok(()) };
+            return if dup {
+                Err(format!("{user}: duplicates"))
+            } else {
+                Ok(())
+            };
         }
         if started.elapsed() > Duration::from_secs(60) {
-            return Err(format!("{user}: {} message(s) missing after 60 s", missing.len()));
+            return Err(format!(
+                "{user}: {} message(s) missing after 60 s",
+                missing.len()
+            ));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -87,15 +98,27 @@ fn spec_with_active(state: &Path, active: &str, fenced: &[&str]) -> Result<PathB
 pub fn main(keep: bool) -> Result<(), String> {
     let started = Instant::now();
     step("build");
-    run("build", &cargo(), &["build", "--quiet", "--bin", "spoolkeeper"])?;
+    run(
+        "build",
+        &cargo(),
+        &["build", "--quiet", "--bin", "spoolkeeper"],
+    )?;
     let bin = root().join("target/debug/spoolkeeper");
     let state = std::env::temp_dir().join(format!("spoolkeeper-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
     let st = state.as_path();
 
     step("1. the specs validate (no host is touched)");
-    expect(spoolkeeper(&bin, &["validate", "-f", "examples/univ.yaml"], st)?, &[0], "validate")?;
-    expect(spoolkeeper(&bin, &["validate", "-f", "examples/lab.yaml"], st)?, &[0], "validate")?;
+    expect(
+        spoolkeeper(&bin, &["validate", "-f", "examples/univ.yaml"], st)?,
+        &[0],
+        "validate",
+    )?;
+    expect(
+        spoolkeeper(&bin, &["validate", "-f", "examples/lab.yaml"], st)?,
+        &[0],
+        "validate",
+    )?;
 
     step("2. the lab: node-a (active), node-b (empty), smtp-arch");
     lab::up().map_err(|e| e.to_string())?;
@@ -107,7 +130,11 @@ pub fn main(keep: bool) -> Result<(), String> {
         lab::down().map_err(|e| e.to_string())?;
     }
     let _ = std::fs::remove_dir_all(&state);
-    eprintln!("\ndemo {} in {:.0?}", if result.is_ok() { "finished" } else { "FAILED" }, started.elapsed());
+    eprintln!(
+        "\ndemo {} in {:.0?}",
+        if result.is_ok() { "finished" } else { "FAILED" },
+        started.elapsed()
+    );
     result
 }
 
@@ -120,27 +147,47 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
 
     step("4. apply: datasets, first snapshots, full replication to node-b, archive BCC");
     expect(spoolkeeper(bin, &["apply", "-f", a], st)?, &[0], "apply")?;
-    expect(spoolkeeper(bin, &["plan", "-f", a], st)?, &[0, 2], "plan after apply")?;
+    expect(
+        spoolkeeper(bin, &["plan", "-f", a], st)?,
+        &[0, 2],
+        "plan after apply",
+    )?;
 
     step("5. mail flows; every copy is held on smtp-arch");
     let s1 = send(Instance::Students, "alice@students.lab", 5)?;
     let f1 = send(Instance::Staff, "bob@staff.lab", 5)?;
     read_back(Instance::Students, "alice@students.lab", &s1)?;
     read_back(Instance::Staff, "bob@staff.lab", &f1)?;
-    expect(spoolkeeper(bin, &["observe", "-f", a], st)?, &[0], "observe")?;
+    expect(
+        spoolkeeper(bin, &["observe", "-f", a], st)?,
+        &[0],
+        "observe",
+    )?;
 
     step("6. switchover: one-line edit `active: node-b`, plan, apply");
     let b = spec_with_active(st, "node-b", &[])?;
     let b = b.to_str().unwrap_or_default();
-    expect(spoolkeeper(bin, &["plan", "-f", b], st)?, &[2], "plan switchover")?;
+    expect(
+        spoolkeeper(bin, &["plan", "-f", b], st)?,
+        &[2],
+        "plan switchover",
+    )?;
     let t = Instant::now();
-    expect(spoolkeeper(bin, &["apply", "-f", b], st)?, &[0], "apply switchover")?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", b], st)?,
+        &[0],
+        "apply switchover",
+    )?;
     eprintln!("  switchover applied in {:.1?}", t.elapsed());
     read_back(Instance::Students, "alice@students.lab", &s1)?;
     let s2 = send(Instance::Students, "alice@students.lab", 3)?;
     let mut all: Vec<String> = s1.iter().chain(&s2).cloned().collect();
     read_back(Instance::Students, "alice@students.lab", &all)?;
-    expect(spoolkeeper(bin, &["apply", "-f", b], st)?, &[0], "apply: replication node-b -> node-a")?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", b], st)?,
+        &[0],
+        "apply: replication node-b -> node-a",
+    )?;
 
     step("7. power loss of node-b (the active); mail keeps arriving; failover to node-a");
     let s3 = send(Instance::Students, "alice@students.lab", 3)?;
@@ -149,17 +196,37 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
     eprintln!("  node-b killed: its last messages are only in the archive now");
     let back = spec_with_active(st, "node-a", &[])?;
     let back = back.to_str().unwrap_or_default();
-    expect(spoolkeeper(bin, &["plan", "-f", back], st)?, &[2], "plan failover (fence first)")?;
+    expect(
+        spoolkeeper(bin, &["plan", "-f", back], st)?,
+        &[2],
+        "plan failover (fence first)",
+    )?;
     let t = Instant::now();
-    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply failover")?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", back], st)?,
+        &[0],
+        "apply failover",
+    )?;
     eprintln!("  failover applied in {:.1?}", t.elapsed());
     read_back(Instance::Students, "alice@students.lab", &all)?;
 
     step("8. node-b boots: it stays passive, its writes are preserved, it is resynced");
     lab::boot(Host::NodeB).map_err(|e| e.to_string())?;
-    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply resync")?;
-    expect(spoolkeeper(bin, &["apply", "-f", back], st)?, &[0], "apply drain")?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", back], st)?,
+        &[0],
+        "apply resync",
+    )?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", back], st)?,
+        &[0],
+        "apply drain",
+    )?;
     read_back(Instance::Students, "alice@students.lab", &all)?;
-    expect(spoolkeeper(bin, &["observe", "-f", back], st)?, &[0], "observe")?;
+    expect(
+        spoolkeeper(bin, &["observe", "-f", back], st)?,
+        &[0],
+        "observe",
+    )?;
     Ok(())
 }
