@@ -38,6 +38,11 @@ pub fn main(no_lab: bool) -> Result<(), String> {
                 .into(),
         );
     }
+    // Install what the root tests need (a fresh machine has no zfs-fuse, Postfix, Dovecot):
+    // bringing the lab up does, and proves it builds; the tests bring up their own.
+    eprintln!("==> lab packages and a trial run: lab up, lab down");
+    xtask::lab::up().map_err(|e| format!("lab up: {e}"))?;
+    xtask::lab::down().map_err(|e| format!("lab down: {e}"))?;
     // Every ignored test needs root and real components: the lab tests (tests/lab_*.rs)
     // and the real-Postfix SMTP test. One at a time: they share the lab.
     run(
