@@ -21,5 +21,6 @@ pub mod retention;
 pub mod rpo;
 pub mod smtp;
 pub mod spec;
+pub mod status;
 pub mod summary;
 pub mod zfs;
