@@ -1,6 +1,8 @@
 //! Project automation: `cargo xtask ci`, `cargo xtask demo`, `cargo xtask lab …`,
 //! `cargo xtask bench …`. Plain std; every step prints what it runs.
 
+mod bench;
+mod bench_observe;
 mod ci;
 mod demo;
 mod util;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci::main(&args[1..]),
         Some("demo") => demo::main(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
         _ => return usage(),
     };
     match result {
