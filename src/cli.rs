@@ -143,6 +143,22 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Per node and instance: role, jail state, newest snapshot, newest replicated snapshot
+    /// and its age (RPO), archive queue depth, last apply. Exit 0.
+    Status {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        output: Option<Output>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Monitoring probe (Nagios/Icinga): one line with perfdata; exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN.
+    Check {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
     /// Connect to every host and print the observed state. Exit 0 (unreachable hosts are
     /// reported, not fatal), 1 on a bad spec.
     Observe {
@@ -162,6 +178,16 @@ pub fn main() -> ExitCode {
         Command::Schema => schema(),
         Command::Observe { file, output } => observe(&file, default_output(output)),
         Command::Plan { plan } => run_plan(&plan, None),
+        Command::Status {
+            file,
+            output,
+            state_dir,
+        } => crate::status::status_main(
+            &file,
+            default_output(output) == Output::Json,
+            &state_dir.unwrap_or_else(crate::apply::journal::default_state_dir),
+        ),
+        Command::Check { file } => crate::status::check_main(&file),
         Command::ArchRestore {
             file,
             instance,

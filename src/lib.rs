@@ -22,5 +22,6 @@ pub mod retention;
 pub mod rpo;
 pub mod smtp;
 pub mod spec;
+pub mod status;
 pub mod summary;
 pub mod zfs;

@@ -44,7 +44,11 @@ fn sk(state: &Path, args: &[&str]) -> Run {
 
 fn sk_ok(state: &Path, args: &[&str]) -> Run {
     let r = sk(state, args);
-    assert_eq!(r.code, 0, "spoolkeeper {args:?}:\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "spoolkeeper {args:?}:\n{}\n{}",
+        r.stdout, r.stderr
+    );
     r
 }
 
@@ -71,8 +75,18 @@ impl Load {
         let count = count.to_string();
         let child = xtask()
             .args([
-                "lab", "send", "--instance", "students", "--to", USER, "--count", &count,
-                "--rate", "10", "--deadline", "180s",
+                "lab",
+                "send",
+                "--instance",
+                "students",
+                "--to",
+                USER,
+                "--count",
+                &count,
+                "--rate",
+                "10",
+                "--deadline",
+                "180s",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -105,8 +119,16 @@ fn exactly_once(accepted: &BTreeSet<String>, timeout: Duration) {
     });
     let set: BTreeSet<String> = last.iter().cloned().collect();
     let missing: Vec<&String> = accepted.difference(&set).collect();
-    assert!(ok.is_some(), "{} accepted message(s) missing: {missing:?}", missing.len());
-    assert_eq!(last.len(), set.len(), "some message is in the mailbox twice");
+    assert!(
+        ok.is_some(),
+        "{} accepted message(s) missing: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(
+        last.len(),
+        set.len(),
+        "some message is in the mailbox twice"
+    );
 }
 
 #[test]
@@ -130,15 +152,28 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     let plan = sk(st, &["plan", "-f", &s(&on_b)]);
     assert_eq!(plan.code, 2, "{}", plan.stdout);
-    assert!(plan.stdout.contains("final snapshot") && plan.stdout.contains("verify"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("final snapshot") && plan.stdout.contains("verify"),
+        "{}",
+        plan.stdout
+    );
     let t = Instant::now();
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
     eprintln!("switchover apply: {:.1?}", t.elapsed());
     accepted.extend(load.accepted());
     exactly_once(&accepted, Duration::from_secs(60));
     assert!(
-        exec_ok("node-b", &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]).is_empty()
-            || exec("node-b", &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]).status.success()
+        exec_ok(
+            "node-b",
+            &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]
+        )
+        .is_empty()
+            || exec(
+                "node-b",
+                &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]
+            )
+            .status
+            .success()
     );
     // Replication now runs node-b -> node-a.
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
@@ -164,15 +199,33 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     lab_ok(&["boot", "node-b"]);
     let r = sk_ok(st, &["apply", "-f", &s(&on_a)]);
     assert!(r.stdout.contains("save the writes"), "{}", r.stdout);
-    let st_b = exec("node-b", &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]);
-    assert_eq!(st_b.status.code(), Some(3), "node-b must not serve students");
+    let st_b = exec(
+        "node-b",
+        &["/var/lib/sk-lab/bin/sk-instance", "status", "students"],
+    );
+    assert_eq!(
+        st_b.status.code(),
+        Some(3),
+        "node-b must not serve students"
+    );
     let saved = exec_ok("node-b", &["sh", "-c", "ls /var/db/spoolkeeper/preserved/"]);
     assert!(saved.contains(".zstream"), "delta not preserved: {saved:?}");
     // The next runs drain node-b's queue through the archive and clear the resync record.
     for _ in 0..3 {
         sk_ok(st, &["apply", "-f", &s(&on_a)]);
     }
-    let ro = exec_ok("node-b", &["zfs", "get", "-H", "-o", "value", "readonly", "zdata/imap/students"]);
+    let ro = exec_ok(
+        "node-b",
+        &[
+            "zfs",
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "readonly",
+            "zdata/imap/students",
+        ],
+    );
     assert_eq!(ro.trim(), "on");
     exactly_once(&accepted, Duration::from_secs(60));
 

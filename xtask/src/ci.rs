@@ -48,12 +48,6 @@ pub fn main(no_lab: bool) -> Result<(), String> {
     run(
         "lab and root tests",
         &cargo,
-        &[
-            "test",
-            "--workspace",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ],
+        &["test", "--workspace", "--", "--ignored", "--test-threads=1"],
     )
 }

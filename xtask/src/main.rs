@@ -2,6 +2,8 @@
 //!
 //! `lab` drives the three-host lab (see `lab` module and CONTRACT.md "The lab").
 
+mod bench;
+mod bench_observe;
 mod ci;
 mod demo;
 mod util;
@@ -28,6 +30,11 @@ enum Task {
         /// Leave the lab up afterwards (to explore it).
         #[arg(long)]
         keep: bool,
+    },
+    /// Measurements against peers: `bench observe|noop|replication|prune|arch-restore|failover|all`.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Every check and test: fmt, clippy, unit and integration tests, lab tests (root).
     Ci {
@@ -140,6 +147,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Lab(cmd) => run_lab(cmd),
         Task::Demo { keep } => demo::main(keep)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(lab::Error::new),
+        Task::Bench { args } => bench::main(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(lab::Error::new),
         Task::Ci { no_lab } => ci::main(no_lab)
