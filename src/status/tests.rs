@@ -128,6 +128,7 @@ fn archive(queue: Vec<QueueEntry>) -> Option<ArchiveObservation> {
         postfix: Some(PostfixObservation {
             settings: BTreeMap::new(),
             queue,
+            files: BTreeMap::new(),
         }),
         errors: vec![],
     })
