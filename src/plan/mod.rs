@@ -727,8 +727,13 @@ impl<'a> Planner<'a> {
                         .cloned()
                         .collect();
                     let mut moves = crate::replication::hold_moves(&held, Some(nb));
-                    // A snapshot made this run has no guid yet: compare by name too.
-                    if held.iter().any(|s| s.name == nb.name) {
+                    // A snapshot made this run has no guid yet: compare by name too. A base that
+                    // already carries a hold (ours from a lost journal, or anyone's) is
+                    // protected as it is: holding it again would fail.
+                    let already_held = snaps
+                        .iter()
+                        .any(|s| (s.guid == nb.guid || s.name == nb.name) && s.userrefs > 0);
+                    if held.iter().any(|s| s.name == nb.name) || already_held {
                         moves.hold = None;
                     }
                     let h = Target::Node(node.to_string());
