@@ -163,6 +163,12 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
         &[0],
         "observe",
     )?;
+    expect(spoolkeeper(bin, &["status", "-f", a], st)?, &[0], "status")?;
+    expect(
+        spoolkeeper(bin, &["check", "-f", a], st)?,
+        &[0, 1, 2, 3],
+        "check",
+    )?;
 
     step("6. switchover: one-line edit `active: node-b`, plan, apply");
     let b = spec_with_active(st, "node-b", &[])?;
@@ -227,6 +233,16 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
         spoolkeeper(bin, &["observe", "-f", back], st)?,
         &[0],
         "observe",
+    )?;
+    expect(
+        spoolkeeper(bin, &["status", "-f", back], st)?,
+        &[0],
+        "status",
+    )?;
+    expect(
+        spoolkeeper(bin, &["check", "-f", back], st)?,
+        &[0, 1, 2, 3],
+        "check",
     )?;
     Ok(())
 }
