@@ -239,19 +239,51 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|(n, i)| (n.clone(), i.clone()))
             .collect();
+        let mut serving: BTreeMap<String, NodeName> = BTreeMap::new();
         for (name, inst) in &instances {
-            self.instance(&active, name.as_str(), inst);
-            self.protect(&active, name.as_str(), inst);
+            let here = self.serving_node(&active, name.as_str(), inst);
+            self.instance(&here, name.as_str(), inst);
+            self.protect(&here, name.as_str(), inst);
+            serving.insert(name.to_string(), here);
         }
         if self.spec.spec.archive.is_some() {
-            self.archive(&active);
+            self.archive(&serving);
         }
+    }
+
+    /// The node that serves an instance this run: the spec's active node, unless that node
+    /// came back from a failover and must first be resynced from the node that took over
+    /// (named in its `spoolkeeper:resync`). Then the other node keeps serving this run, the
+    /// resync runs, and the next apply moves the service (a switchover).
+    fn serving_node(
+        &mut self,
+        active: &NodeName,
+        name: &str,
+        inst: &crate::spec::Instance,
+    ) -> NodeName {
+        let spec: &'a Spec = self.spec;
+        for other in spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != active && self.reachable(n))
+        {
+            let d = dataset_name(spec, other, inst.dataset.as_str())
+                .and_then(|d| self.node(other).and_then(|o| o.dataset(&d)));
+            if resync_marks(d).contains_key(active.as_str()) {
+                self.plan.note(format!(
+                    "{active} must be resynced from {other} before it serves {name}: {other} keeps serving this run; apply again to move {name} to {active}"
+                ));
+                return other.clone();
+            }
+        }
+        active.clone()
     }
 
     /// PDMA = 0: the archive host holds what it receives; the active spool BCCs every
     /// recipient of the instances' domains to it before any instance starts; held copies
     /// proven to be in the replica are purged.
-    fn archive(&mut self, active: &NodeName) {
+    fn archive(&mut self, serving: &BTreeMap<String, NodeName>) {
         let spec: &'a Spec = self.spec;
         let Some(arch) = &spec.spec.archive else {
             return;
@@ -287,61 +319,65 @@ impl<'a> Planner<'a> {
             ),
         }
 
-        // The active spool: BCC every recipient of every instance's domains.
-        let Some(a_obs) = self.node(active) else {
-            return;
-        };
-        if let Some(pf) = a_obs.postfix.as_ref() {
-            let domains: Vec<String> = spec
-                .spec
-                .instances
-                .values()
-                .flat_map(|i| i.domains.iter().cloned())
-                .collect();
-            match crate::archive::bcc_map(template, &domains) {
-                Ok(table) => {
-                    let dir = pf
-                        .settings
-                        .get("config_directory")
-                        .cloned()
-                        .unwrap_or_else(|| "/etc/postfix".into());
-                    let path = format!("{dir}/{}", crate::observe::BCC_MAP_FILE);
-                    let want = crate::archive::spool_settings(&path);
-                    let ids = self.postfix_config(
-                        Target::Node(active.to_string()),
-                        pf,
-                        crate::observe::BCC_MAP_FILE,
-                        &path,
-                        &table,
-                        &want,
-                        "every message a spool accepts is BCC'd to the archive host (PDMA = 0)",
-                    );
-                    for id in &ids {
-                        for r in &archive_ready {
-                            self.plan.edge(*r, *id);
-                        }
-                        // No instance starts before its mail is archived.
-                        for name in spec.spec.instances.keys() {
-                            if let Some(start) =
-                                self.plan.id_of(&format!("{active}:start_instance:{name}"))
+        // The serving spools: BCC every recipient of every instance's domains.
+        let nodes: BTreeSet<&NodeName> = serving.values().collect();
+        for active in nodes {
+            let Some(a_obs) = self.node(active) else {
+                continue;
+            };
+            if let Some(pf) = a_obs.postfix.as_ref() {
+                let domains: Vec<String> = spec
+                    .spec
+                    .instances
+                    .values()
+                    .flat_map(|i| i.domains.iter().cloned())
+                    .collect();
+                match crate::archive::bcc_map(template, &domains) {
+                    Ok(table) => {
+                        let dir = pf
+                            .settings
+                            .get("config_directory")
+                            .cloned()
+                            .unwrap_or_else(|| "/etc/postfix".into());
+                        let path = format!("{dir}/{}", crate::observe::BCC_MAP_FILE);
+                        let want = crate::archive::spool_settings(&path);
+                        let ids = self.postfix_config(
+                            Target::Node(active.to_string()),
+                            pf,
+                            crate::observe::BCC_MAP_FILE,
+                            &path,
+                            &table,
+                            &want,
+                            "every message a spool accepts is BCC'd to the archive host (PDMA = 0)",
+                        );
+                        for id in &ids {
+                            for r in &archive_ready {
+                                self.plan.edge(*r, *id);
+                            }
+                            // No instance starts before its mail is archived.
+                            for name in serving.iter().filter(|(_, n)| *n == active).map(|(i, _)| i)
                             {
-                                self.plan.edge(*id, start);
+                                if let Some(start) =
+                                    self.plan.id_of(&format!("{active}:start_instance:{name}"))
+                                {
+                                    self.plan.edge(*id, start);
+                                }
                             }
                         }
                     }
+                    Err(e) => self
+                        .plan
+                        .note(format!("archive BCC map not generated: {e}")),
                 }
-                Err(e) => self
-                    .plan
-                    .note(format!("archive BCC map not generated: {e}")),
+            } else {
+                self.plan.note(format!(
+                    "no Postfix observed on {active}: the archive BCC cannot be checked"
+                ));
             }
-        } else {
-            self.plan.note(format!(
-                "no Postfix observed on {active}: the archive BCC cannot be checked"
-            ));
         }
 
         // Purge held copies covered by every replica.
-        self.purge(active);
+        self.purge(serving);
     }
 
     /// Plan a Postfix table and settings on one host; returns the ids to wait for.
@@ -405,7 +441,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Delete held copies older than the watermark of the least advanced replica.
-    fn purge(&mut self, active: &NodeName) {
+    fn purge(&mut self, serving: &BTreeMap<String, NodeName>) {
         let spec: &'a Spec = self.spec;
         let Some(arch) = &spec.spec.archive else {
             return;
@@ -419,15 +455,18 @@ impl<'a> Planner<'a> {
             return;
         };
         let Some(pf) = &a.postfix else { return };
-        let Some(a_obs) = self.node(active) else {
-            return;
-        };
         let held: Vec<crate::observed::QueueEntry> = pf.held().cloned().collect();
         if held.is_empty() {
             return;
         }
         let margin = arch.margin.as_signed();
         for (name, inst) in &spec.spec.instances {
+            let Some(active) = serving.get(name.as_str()) else {
+                continue;
+            };
+            let Some(a_obs) = self.node(active) else {
+                continue;
+            };
             let Some(ds) = dataset_name(spec, active, inst.dataset.as_str()) else {
                 continue;
             };
@@ -861,6 +900,37 @@ impl<'a> Planner<'a> {
         // lacks, the mail is there: move it first (switchover).
         let a_copy = dataset_name(spec, active, inst.dataset.as_str())
             .and_then(|d| self.node(active).and_then(|o| o.dataset(&d)).cloned());
+        if let Some(ad) = a_copy.as_ref().filter(|d| d.readonly != Some(true)) {
+            // The active copy is writable: nobody else may be serving or ahead of it. A copy
+            // merely left writable elsewhere is made read-only below.
+            let have: BTreeSet<u64> = ad.snapshots.iter().map(|s| s.guid).collect();
+            // Nodes recorded for resync after a failover are expected to be ahead: their
+            // writes are preserved, then they are rolled back (see `resync`).
+            let marks = resync_marks(Some(ad));
+            let live: Vec<String> = spec
+                .spec
+                .nodes
+                .keys()
+                .filter(|n| *n != active && self.reachable(n))
+                .filter(|n| !marks.contains_key(n.as_str()))
+                .filter(|n| {
+                    let Some(o) = self.node(n) else { return false };
+                    dataset_name(spec, n, inst.dataset.as_str())
+                        .and_then(|d| o.dataset(&d))
+                        .is_some_and(|od| od.snapshots.iter().any(|s| !have.contains(&s.guid)))
+                })
+                .map(|n| n.to_string())
+                .collect();
+            if !live.is_empty() {
+                let mut nodes = vec![active.to_string()];
+                nodes.extend(live);
+                self.plan.block(Blocked::SeveralLiveCopies {
+                    instance: name.into(),
+                    nodes,
+                });
+                return;
+            }
+        }
         if let Some(ad) = a_copy.as_ref().filter(|d| d.readonly == Some(true)) {
             let holders: Vec<NodeName> = spec
                 .spec
@@ -970,7 +1040,8 @@ impl<'a> Planner<'a> {
                 Some((RunState::Stopped, _)) | None => {}
             }
             if let Some(d) = o.dataset(&ds).cloned() {
-                self.passive_copy(&host, other, &d, stop);
+                // Other copies go read-only before this one serves (never two writable).
+                stops.extend(self.passive_copy(&host, other, &d, stop));
             }
         }
 
@@ -1593,7 +1664,8 @@ impl<'a> Planner<'a> {
         node: &NodeName,
         d: &Dataset,
         stop: Option<graph::Id>,
-    ) {
+    ) -> Vec<graph::Id> {
+        let mut ids = Vec::new();
         let mut last = stop;
         if d.mounted == Some(true) {
             let a = self.plan.add(Action::new(
@@ -1607,6 +1679,7 @@ impl<'a> Planner<'a> {
                 self.plan.edge(s, a);
             }
             last = Some(a);
+            ids.push(a);
         }
         if d.readonly != Some(true) {
             let a = self.plan.add(Action::new(
@@ -1622,7 +1695,9 @@ impl<'a> Planner<'a> {
             if let Some(s) = last {
                 self.plan.edge(s, a);
             }
+            ids.push(a);
         }
+        ids
     }
 }
 
