@@ -997,7 +997,8 @@ fn run_sequence(events: Vec<Event>, with_fencing: bool) -> Result<(), TestCaseEr
                         }
                         _ => continue,
                     };
-                    for inst in [affected.as_str()] {
+                    {
+                        let inst = affected.as_str();
                         let runners: Vec<&str> = NODES
                             .iter()
                             .enumerate()
