@@ -291,8 +291,12 @@ fn lab_plan_apply_converge_stale_lock_and_kill() {
         .stderr
         .lines()
         .find(|l| l.contains("round_trips="))
-        .unwrap_or("no round_trips= line")
+        .unwrap_or_else(|| panic!("reconcile -v logs no round_trips=: {noop}"))
         .to_string();
+    assert!(
+        noop.stdout.contains("No changes"),
+        "a no-op reconcile changed something: {noop}"
+    );
     eprintln!("no-op reconcile: {wall:?}; {trips}");
 }
 

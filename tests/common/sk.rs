@@ -120,3 +120,15 @@ pub fn zfs_prop(host: &str, dataset: &str, prop: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// The binary without `--state-dir` (commands that keep no state: `observe`, `validate`).
+pub fn sk_stateless(spec: &Path, args: &[&str]) -> Run {
+    Command::new(env!("CARGO_BIN_EXE_spoolkeeper"))
+        .args(args)
+        .arg("-f")
+        .arg(spec)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run spoolkeeper")
+        .into()
+}
