@@ -226,8 +226,11 @@ fn init_tracing(g: &Global) {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only on a terminal: logs piped to a file or a CI job stay greppable
+    // (`round_trips=` and not escape sequences around the field name).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match g.log_format {
@@ -418,6 +421,7 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
     let ctx = ex::journal::context(&ex::journal::Journal::read(&state_dir, s.name.as_str()));
     let conns = crate::observe::connect(s).await;
     let obs = crate::observe::observe(s, &conns).await;
+    tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
     let mut p = plan::plan(s, &obs, jiff::Timestamp::now(), &ctx);
     if let Err(e) = p.order() {
         eprintln!("{e}");

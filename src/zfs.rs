@@ -861,6 +861,15 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
         "BatchMode=yes".into(),
         "-o".into(),
         "StrictHostKeyChecking=yes".into(),
+        // A link that dies mid-stream must fail the transfer within seconds, not hang the
+        // apply for the kernel's TCP retransmission timeout (~15 min): keepalives over the
+        // encrypted channel, and a bound on the connect.
+        "-o".into(),
+        "ConnectTimeout=10".into(),
+        "-o".into(),
+        "ServerAliveInterval=5".into(),
+        "-o".into(),
+        "ServerAliveCountMax=3".into(),
     ];
     if let Some(k) = &t.known_hosts {
         v.push("-o".into());
@@ -896,6 +905,35 @@ pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_ssh_fails_fast_on_a_dead_link_and_keeps_the_remote_argv_last() {
+        let t = DirectTarget {
+            host: "10.77.0.12".into(),
+            user: "root".into(),
+            port: 22,
+            known_hosts: None,
+            identity: None,
+        };
+        let recv = vec!["zfs".to_string(), "receive".into(), "-u".into()];
+        let v = direct_ssh_argv(&t, &recv);
+        let opts: Vec<&str> = v
+            .windows(2)
+            .filter(|w| w[0] == "-o")
+            .map(|w| w[1].as_str())
+            .collect();
+        for o in [
+            "BatchMode=yes",
+            "StrictHostKeyChecking=yes",
+            "ServerAliveInterval=5",
+            "ServerAliveCountMax=3",
+            "ConnectTimeout=10",
+        ] {
+            assert!(opts.contains(&o), "{o} missing in {v:?}");
+        }
+        assert_eq!(v.last().map(String::as_str), Some("zfs receive -u"));
+        assert_eq!(v[v.len() - 2], "--");
+    }
 
     #[test]
     fn find_byte_matches_naive_search() {

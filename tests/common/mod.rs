@@ -11,6 +11,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod sk;
+
 pub const SSH_IDENTITY: &str = "/var/lib/sk-lab/ssh/id_ed25519";
 pub const SSH_KNOWN_HOSTS: &str = "/var/lib/sk-lab/ssh/known_hosts";
 pub const NODE_A: &str = "10.77.0.11";

@@ -22,7 +22,9 @@ esac
 mountpoint_dir=/zdata/imap/$inst
 dev=eth0
 
-has_addr() { ip -4 -o addr show dev "$dev" | grep -qF " $addr/"; }
+# grep reads all of ip's output (no -q): under pipefail, `grep -q` exiting at the first match can
+# SIGPIPE `ip` and turn a present address into "stopped" at random.
+has_addr() { ip -4 -o addr show dev "$dev" | grep -F " $addr/" >/dev/null; }
 postfix_up() { postfix status >/dev/null 2>&1; }
 dovecot_up() {
   [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null

@@ -141,7 +141,7 @@ teardown() {
     if mountpoint -q "$LAB/ns"; then umount "$LAB/ns" || umount -l "$LAB/ns"; fi
   fi
   if [ -d "$LAB" ]; then
-    if findmnt -rn -o TARGET | grep -q "^$LAB"; then
+    if findmnt -rn -o TARGET | grep "^$LAB" >/dev/null; then
       die "something is still mounted under $LAB: $(findmnt -rn -o TARGET | grep "^$LAB" | tr '\n' ' ')"
     fi
   fi
