@@ -6,6 +6,8 @@
 //! the lab do not disturb the counts. Waiting is polling with a deadline (mail delivery is
 //! asynchronous); no assertion is about time.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,6 +166,7 @@ fn apply(state: &Path) {
 #[test]
 #[ignore = "needs the lab (root): run by cargo xtask ci"]
 fn mail_accepted_by_a_spool_is_held_on_the_archive_host() {
+    let _lab = common::Lab::fresh();
     let state = tempfile::tempdir().expect("tempdir");
     apply(state.path());
     let user = fresh_user("held");
@@ -185,6 +188,7 @@ fn mail_accepted_by_a_spool_is_held_on_the_archive_host() {
 #[test]
 #[ignore = "needs the lab (root): run by cargo xtask ci"]
 fn arch_restore_brings_back_exactly_the_lost_messages_once() {
+    let _lab = common::Lab::fresh();
     let state = tempfile::tempdir().expect("tempdir");
     apply(state.path());
     let user = fresh_user("loss");
@@ -279,4 +283,30 @@ fn arch_restore_brings_back_exactly_the_lost_messages_once() {
     }
     // leave no stray snapshot behind (it is the newest: nothing depends on it)
     let _ = lab(&["exec", "node-a", "--", "zfs", "destroy", &snap]);
+}
+
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn with_the_archive_host_cut_mail_is_accepted_and_the_copies_arrive_after_heal() {
+    let _lab = common::Lab::fresh();
+    let state = tempfile::tempdir().expect("tempdir");
+    apply(state.path());
+    lab_ok(&["cut", "smtp-arch"]);
+    let user = fresh_user("cut");
+    let ids = send(&user, 3);
+    // Delivered to the spool while the archive is away: nothing waits for it.
+    wait_for("delivery while the archive host is cut", || {
+        let m = imap(&user);
+        ids.iter().all(|i| m.get(i) == Some(&1)).then_some(())
+    });
+    lab_ok(&["heal", "smtp-arch"]);
+    // The copies waited in node-a's queue (deferred); let Postfix retry now.
+    exec("node-a", &["postqueue", "-f"]);
+    let held = wait_for("the BCC copies after heal", || {
+        let h = held_for(&user);
+        ids.iter().all(|i| h.contains_key(i)).then_some(h)
+    });
+    for i in &ids {
+        assert_eq!(held[i], 1, "{i} held {} times", held[i]);
+    }
 }
