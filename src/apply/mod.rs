@@ -426,3 +426,85 @@ pub async fn release_lock(host: &Host, cluster: &str) {
         let _ = host.run(&lock::release_argv(cluster)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{AnyHost, LocalHost, RoundTrips};
+
+    fn local(label: &str, trips: &RoundTrips) -> Host {
+        Host::new(label, AnyHost::Local(LocalHost), trips)
+    }
+
+    #[tokio::test]
+    async fn relay_copies_the_whole_stream_and_the_receiver_decides() {
+        let trips = RoundTrips::default();
+        let (src, dst) = (local("src", &trips), local("dst", &trips));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received");
+        // 5 MB of data through the controller.
+        let send: Vec<String> = ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let recv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            "cat > \"$1\"".into(),
+            "sh".into(),
+            out.display().to_string(),
+        ];
+        relay(&src, &dst, &send, &recv).await.unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 5_000_000);
+
+        // A receiver that fails (a truncated or refused stream) fails the transfer.
+        let bad: Vec<String> = [
+            "sh",
+            "-c",
+            "cat > /dev/null; echo 'cannot receive' >&2; exit 1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = relay(&src, &dst, &send, &bad).await.unwrap_err();
+        assert!(e.contains("cannot receive"), "{e}");
+
+        // A sender that fails after part of the stream fails it too.
+        let broken: Vec<String> = ["sh", "-c", "printf partial; exit 2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = relay(&src, &dst, &broken, &recv).await.unwrap_err();
+        assert!(e.contains("zfs send exited"), "{e}");
+    }
+
+    #[test]
+    fn holds_and_releases_are_idempotent_other_failures_are_not() {
+        let hold = ActionKind::Hold {
+            dataset: "p/d".into(),
+            snapshot: "s".into(),
+        };
+        let release = ActionKind::Release {
+            dataset: "p/d".into(),
+            snapshot: "s".into(),
+        };
+        assert!(already_done(
+            &hold,
+            "cannot hold snapshot 'p/d@s': tag already exists on this dataset"
+        ));
+        assert!(already_done(
+            &release,
+            "cannot release hold from snapshot 'p/d@s': no such tag on this dataset"
+        ));
+        assert!(!already_done(
+            &hold,
+            "cannot hold snapshot 'p/d@s': dataset does not exist"
+        ));
+        assert!(!already_done(
+            &ActionKind::Mount {
+                dataset: "p/d".into()
+            },
+            "tag already exists"
+        ));
+    }
+}
