@@ -310,3 +310,73 @@ fn with_the_archive_host_cut_mail_is_accepted_and_the_copies_arrive_after_heal()
         assert_eq!(held[i], 1, "{i} held {} times", held[i]);
     }
 }
+
+/// apply with a spec file, private journal.
+fn apply_spec(state: &Path, spec: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_spoolkeeper"))
+        .current_dir(root())
+        .args(["apply", "-f"])
+        .arg(spec)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("run spoolkeeper apply");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "spoolkeeper apply: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn a_purge_deletes_only_copies_the_replica_holds() {
+    let _lab = common::Lab::fresh();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // Short schedules and margin so the test takes seconds, not hours.
+    let text = std::fs::read_to_string(root().join("examples/lab.yaml"))
+        .expect("lab spec")
+        .replace("every: 1m", "every: 10s")
+        .replace("margin: 1m", "margin: 5s");
+    let spec = dir.path().join("lab-fast.yaml");
+    std::fs::write(&spec, text).expect("write spec");
+
+    apply_spec(&state, &spec); // datasets, first snapshot, full replication, BCC
+    let user = fresh_user("purge");
+    let before = send(&user, 3);
+    wait_for("copies of the first batch", || {
+        let h = held_for(&user);
+        before.iter().all(|i| h.contains_key(i)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    // A snapshot after the first batch, replicated; the purge still uses the older base.
+    apply_spec(&state, &spec);
+    let after = send(&user, 3);
+    wait_for("copies of the second batch", || {
+        let h = held_for(&user);
+        after.iter().all(|i| h.contains_key(i)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    // Now the replica holds a snapshot taken after the first batch: its copies go, the
+    // second batch (after that snapshot, or inside the margin) stays held.
+    let out = apply_spec(&state, &spec);
+    assert!(out.contains("held copie(s)"), "no purge planned:\n{out}");
+    let held = held_for(&user);
+    for i in &before {
+        assert!(
+            !held.contains_key(i),
+            "{i} was purged too late or not at all: {held:?}"
+        );
+    }
+    for i in &after {
+        assert_eq!(
+            held.get(i),
+            Some(&1),
+            "{i} must stay held until a replica covers it: {held:?}"
+        );
+    }
+}
