@@ -95,6 +95,9 @@ pub enum ActionKind {
     /// Run the spec's fencing command for a node (on the controller): proof that the node
     /// can never serve again until it is reconciled.
     Fence { node: String },
+    /// A node fenced earlier is reachable again: that fence proves nothing any more (a later
+    /// failover must fence it again). Journal-only, no command.
+    ForgetFence { node: String },
     /// Check that a snapshot has the same guid on both sides (after a switchover's send).
     VerifyGuid {
         source: String,
@@ -186,6 +189,7 @@ impl ActionKind {
             ActionKind::Postconf { .. } => "postconf",
             ActionKind::PurgeArchive { .. } => "purge_archive",
             ActionKind::Fence { .. } => "fence",
+            ActionKind::ForgetFence { .. } => "forget_fence",
             ActionKind::VerifyGuid { .. } => "verify_guid",
             ActionKind::Rollback { .. } => "rollback",
             ActionKind::AbortReceive { .. } => "abort_receive",
@@ -211,6 +215,7 @@ impl ActionKind {
             | ActionKind::PreserveDelta { .. }
             | ActionKind::ArchRestore { .. } => Effect::Create,
             ActionKind::VerifyGuid { .. }
+            | ActionKind::ForgetFence { .. }
             | ActionKind::SetUserProperty { .. }
             | ActionKind::FlushQueue => Effect::Change,
             ActionKind::Fence { .. }
@@ -284,6 +289,9 @@ impl ActionKind {
                 if *reload { ", then postfix reload" } else { "" }
             ),
             ActionKind::Fence { node } => format!("fence {node} (run the fencing command)"),
+            ActionKind::ForgetFence { node } => {
+                format!("forget the old fence of {node} (it is reachable again)")
+            }
             ActionKind::VerifyGuid {
                 source,
                 target,
@@ -405,7 +413,7 @@ impl Action {
             ActionKind::PurgeArchive { instance, .. } | ActionKind::ArchRestore { instance } => {
                 instance.clone()
             }
-            ActionKind::Fence { node } => node.clone(),
+            ActionKind::Fence { node } | ActionKind::ForgetFence { node } => node.clone(),
             ActionKind::VerifyGuid {
                 target_dataset,
                 snapshot,

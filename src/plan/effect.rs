@@ -136,6 +136,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
         }
         ActionKind::Replicate { .. }
         | ActionKind::Fence { .. }
+        | ActionKind::ForgetFence { .. }
         | ActionKind::VerifyGuid { .. }
         | ActionKind::ArchRestore { .. }
         | ActionKind::FlushQueue => {}

@@ -146,6 +146,9 @@ impl Context {
         if let ActionKind::Fence { node } = &a.kind {
             self.fenced_by_command.insert(node.clone());
         }
+        if let ActionKind::ForgetFence { node } = &a.kind {
+            self.fenced_by_command.remove(node);
+        }
         if let ActionKind::Snapshot {
             dataset,
             name,
@@ -231,6 +234,26 @@ impl<'a> Planner<'a> {
                 why,
             });
             return;
+        }
+        // A fence proves a node cannot serve only until it comes back.
+        let back: Vec<String> = self
+            .ctx
+            .fenced_by_command
+            .iter()
+            .filter(|n| {
+                self.obs
+                    .nodes
+                    .get(n.as_str())
+                    .is_some_and(|o| o.reachability.is_reachable())
+            })
+            .cloned()
+            .collect();
+        for n in back {
+            self.plan.add(Action::new(
+                Target::Controller,
+                ActionKind::ForgetFence { node: n.clone() },
+                format!("{n} is reachable again: a later failover must fence it again"),
+            ));
         }
         let instances: Vec<_> = self
             .spec
@@ -1821,7 +1844,7 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             zfs::snapshot_argv(dataset, snapshot),
             zfs::send_to_file_argv(dataset, base, snapshot, file),
         ],
-        ActionKind::ArchRestore { .. } => Vec::new(),
+        ActionKind::ArchRestore { .. } | ActionKind::ForgetFence { .. } => Vec::new(),
         ActionKind::FlushQueue => vec![vec!["postqueue".into(), "-f".into()]],
         ActionKind::Hold { dataset, snapshot } => vec![zfs::hold_argv(dataset, snapshot)],
         ActionKind::Release { dataset, snapshot } => vec![zfs::release_argv(dataset, snapshot)],

@@ -910,8 +910,12 @@ const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 /// Runs one sequence of events (see [`no_sequence_makes_two_actives`]).
 fn run_sequence(events: Vec<Event>, with_fencing: bool) -> Result<(), TestCaseError> {
-    // The truth, including what unreachable nodes do.
+    // The truth, including what unreachable nodes do. Every node's Postfix is observed (an
+    // empty queue), so a returning node's resync can complete.
     let mut truth = converged();
+    for n in truth.nodes.values_mut() {
+        n.postfix = Some(Default::default());
+    }
     let mut powered = [true, true, true];
     let mut visible = [true, true, true];
     let mut active = 0usize;
@@ -1076,4 +1080,49 @@ fn a_fenced_node_that_returns_unseen_and_a_rebooted_active() {
         true,
     )
     .unwrap();
+}
+
+#[test]
+fn an_old_fence_does_not_cover_a_new_incident() {
+    use Event::*;
+    // node-a is cut, fenced, and node-b takes over; node-a comes back, is resynced and made
+    // active again; then node-a is cut again and the operator fails over to node-b: the old
+    // fence must not count, node-a must be fenced again before node-b serves.
+    run_sequence(
+        vec![
+            Cut(0),
+            Edit(1),
+            Apply,
+            Return(0),
+            Apply,
+            Apply,
+            Apply,
+            Edit(0),
+            Apply,
+            Apply,
+            Apply,
+            Cut(0),
+            Edit(1),
+            Apply,
+        ],
+        true,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_fence_is_forgotten_when_the_node_is_seen_again() {
+    let mut ctx = converged_ctx();
+    ctx.fenced_by_command.insert("node-b".into());
+    let s = spec_fencing("node-a");
+    let p = plan(&s, &converged(), now(), &ctx);
+    let forget = p
+        .actions()
+        .into_iter()
+        .find(|a| matches!(&a.kind, ActionKind::ForgetFence { node } if node == "node-b"))
+        .expect("the old fence is forgotten")
+        .clone();
+    ctx.learn(&forget);
+    assert!(ctx.fenced_by_command.is_empty());
+    assert!(plan(&s, &converged(), now(), &ctx).is_empty());
 }
