@@ -138,15 +138,10 @@ pub async fn observe(s: &Spec, conns: &Connections) -> Observation {
     .collect();
     let archive = match &conns.archive {
         None => None,
-        Some(Err(e)) => Some(ArchiveObservation {
-            reachability: Reachability::Unreachable {
-                kind: e.unreachable_kind().unwrap_or(UnreachableKind::Other),
-                message: e.to_string(),
-            },
-            capabilities: Capabilities::default(),
-            postfix: None,
-            errors: Vec::new(),
-        }),
+        Some(Err(e)) => Some(ArchiveObservation::unreachable(
+            e.unreachable_kind().unwrap_or(UnreachableKind::Other),
+            e.to_string(),
+        )),
         Some(Ok(h)) => Some(observe_archive(h).await),
     };
     Observation {
@@ -382,14 +377,11 @@ fn read_postfix(conf: &Output, queue: &Output, errors: &mut Vec<String>) -> Post
 
 /// Observe the archive host: clock, Postfix settings and queue.
 pub async fn observe_archive(h: &Host) -> ArchiveObservation {
-    let unreachable_archive = |e: &HostError| ArchiveObservation {
-        reachability: Reachability::Unreachable {
-            kind: e.unreachable_kind().unwrap_or(UnreachableKind::Other),
-            message: e.to_string(),
-        },
-        capabilities: Capabilities::default(),
-        postfix: None,
-        errors: Vec::new(),
+    let unreachable_archive = |e: &HostError| {
+        ArchiveObservation::unreachable(
+            e.unreachable_kind().unwrap_or(UnreachableKind::Other),
+            e.to_string(),
+        )
     };
     let caps = match probe(h, false).await {
         Ok(c) => c,

@@ -307,6 +307,21 @@ pub struct ArchiveObservation {
     pub errors: Vec<String>,
 }
 
+impl ArchiveObservation {
+    /// An unreachable archive host: nothing else known.
+    pub fn unreachable(kind: UnreachableKind, message: impl Into<String>) -> Self {
+        ArchiveObservation {
+            reachability: Reachability::Unreachable {
+                kind,
+                message: message.into(),
+            },
+            capabilities: Capabilities::default(),
+            postfix: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
 impl PostfixObservation {
     /// The messages in the hold queue.
     pub fn held(&self) -> impl Iterator<Item = &QueueEntry> {

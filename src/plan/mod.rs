@@ -67,14 +67,7 @@ fn encode_marks(m: &BTreeMap<String, ResyncPhase>) -> String {
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Properties compared as sizes (`80T` equals `87960930222080`; `none` equals `0`).
-const SIZE_PROPERTIES: &[&str] = &[
-    "quota",
-    "refquota",
-    "reservation",
-    "refreservation",
-    "recordsize",
-    "volsize",
-];
+use crate::spec::SIZE_PROPERTIES;
 
 /// The full dataset name of an instance on a node: `pool/dataset`.
 pub fn dataset_name(spec: &Spec, node: &NodeName, instance_dataset: &str) -> Option<String> {
@@ -652,12 +645,6 @@ impl<'a> Planner<'a> {
             let Some(tds) = dataset_name(spec, other, inst.dataset.as_str()) else {
                 continue;
             };
-            let target_pool = spec
-                .spec
-                .nodes
-                .get(other)
-                .map(|n| n.pool.to_string())
-                .unwrap_or_default();
             let t_ds = t_obs.dataset(&tds);
             let target_snaps = t_ds.map(|d| d.snapshots.as_slice());
             // A node that came back after a failover: preserve, roll back, resync.
@@ -728,30 +715,25 @@ impl<'a> Planner<'a> {
                 let resume_token = t_ds
                     .and_then(|d| d.receive_resume_token.clone())
                     .filter(|_| resumable);
-                let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
-                let id = self.plan.add(Action::new(
-                    if relay { Target::Controller } else { host.clone() },
-                    ActionKind::Replicate {
-                        instance: name.into(),
-                        source: active.to_string(),
-                        source_dataset: ds.clone(),
-                        target: other.to_string(),
-                        target_pool: target_pool.clone(),
-                        target_dataset: tds.clone(),
-                        base: base.as_ref().map(|b| b.name.clone()),
-                        to: to.name.clone(),
-                        relay,
-                        resume_token,
-                        resumable,
-                    },
-                    match &base {
-                        None => format!("{other} holds no replica of {name} yet"),
-                        Some(b) => format!(
-                            "the newest replicated snapshot on {other} ({}) is older than replication.every {}",
-                            b.name, spec.spec.replication.every
-                        ),
-                    },
-                ));
+                let reason = match &base {
+                    None => format!("{other} holds no replica of {name} yet"),
+                    Some(b) => format!(
+                        "the newest replicated snapshot on {other} ({}) is older than replication.every {}",
+                        b.name, spec.spec.replication.every
+                    ),
+                };
+                let action = self.replicate_action(
+                    name,
+                    active,
+                    &ds,
+                    other,
+                    &tds,
+                    base.as_ref().map(|b| b.name.as_str()),
+                    &to.name,
+                    (resume_token, resumable),
+                    reason,
+                );
+                let id = self.plan.add(action);
                 for d in &after_snapshot {
                     self.plan.edge(*d, id);
                 }
@@ -1230,7 +1212,6 @@ impl<'a> Planner<'a> {
         after_snapshot: &[graph::Id],
         marks: &BTreeMap<String, ResyncPhase>,
     ) -> Option<graph::Id> {
-        let spec: &'a Spec = self.spec;
         let Some(base) = crate::replication::common_base(source, &t.snapshots).cloned() else {
             self.plan.block(Blocked::Replication {
                 instance: name.into(),
@@ -1282,37 +1263,21 @@ impl<'a> Planner<'a> {
             ),
         ));
         self.plan.edge(preserve, rollback);
-        let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
-        let target_pool = spec
-            .spec
-            .nodes
-            .get(other)
-            .map(|n| n.pool.to_string())
-            .unwrap_or_default();
-        let repl = self.plan.add(Action::new(
-            if relay {
-                Target::Controller
-            } else {
-                Target::Node(active.to_string())
-            },
-            ActionKind::Replicate {
-                instance: name.into(),
-                source: active.to_string(),
-                source_dataset: ds.to_string(),
-                target: other.to_string(),
-                target_pool,
-                target_dataset: t.name.clone(),
-                base: Some(base.name.clone()),
-                to: to.name.clone(),
-                relay,
-                resume_token: None,
-                resumable: false,
-            },
+        let action = self.replicate_action(
+            name,
+            active,
+            ds,
+            other,
+            &t.name,
+            Some(&base.name),
+            &to.name,
+            (None, false),
             format!(
                 "replication {active} -> {other} resumes incrementally from @{}",
                 base.name
             ),
-        ));
+        );
+        let repl = self.plan.add(action);
         self.plan.edge(rollback, repl);
         for d in after_snapshot {
             self.plan.edge(*d, repl);
@@ -1401,6 +1366,52 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+    }
+
+    /// One replication step from `source` to `target` (where it runs follows the spec's
+    /// transport: the source node for `direct`, the controller for `relay`).
+    #[allow(clippy::too_many_arguments)]
+    fn replicate_action(
+        &self,
+        instance: &str,
+        source: &NodeName,
+        source_dataset: &str,
+        target: &NodeName,
+        target_dataset: &str,
+        base: Option<&str>,
+        to: &str,
+        resume: (Option<String>, bool),
+        reason: String,
+    ) -> Action {
+        let spec: &'a Spec = self.spec;
+        let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
+        let target_pool = spec
+            .spec
+            .nodes
+            .get(target)
+            .map(|n| n.pool.to_string())
+            .unwrap_or_default();
+        Action::new(
+            if relay {
+                Target::Controller
+            } else {
+                Target::Node(source.to_string())
+            },
+            ActionKind::Replicate {
+                instance: instance.into(),
+                source: source.to_string(),
+                source_dataset: source_dataset.into(),
+                target: target.to_string(),
+                target_pool,
+                target_dataset: target_dataset.into(),
+                base: base.map(str::to_owned),
+                to: to.into(),
+                relay,
+                resume_token: resume.0,
+                resumable: resume.1,
+            },
+            reason,
+        )
     }
 
     /// Is any other node out of sight (so promoting a replica is a failover)?
@@ -1587,34 +1598,18 @@ impl<'a> Planner<'a> {
             format!("final snapshot of {name} on {old}: everything it accepted is in it"),
         ));
         chain(&mut self.plan, &mut last, snap);
-        let relay = spec.spec.replication.transport == crate::spec::Transport::Relay;
-        let target_pool = spec
-            .spec
-            .nodes
-            .get(active)
-            .map(|n| n.pool.to_string())
-            .unwrap_or_default();
-        let repl = self.plan.add(Action::new(
-            if relay {
-                Target::Controller
-            } else {
-                from.clone()
-            },
-            ActionKind::Replicate {
-                instance: name.into(),
-                source: old.to_string(),
-                source_dataset: src_name.clone(),
-                target: active.to_string(),
-                target_pool,
-                target_dataset: replica.name.clone(),
-                base: Some(base.name.clone()),
-                to: final_name.clone(),
-                relay,
-                resume_token: None,
-                resumable: false,
-            },
+        let action = self.replicate_action(
+            name,
+            old,
+            &src_name,
+            active,
+            &replica.name,
+            Some(&base.name),
+            &final_name,
+            (None, false),
             format!("bring {active}'s replica of {name} up to the final snapshot"),
-        ));
+        );
+        let repl = self.plan.add(action);
         chain(&mut self.plan, &mut last, repl);
         let verify = self.plan.add(Action::new(
             Target::Controller,

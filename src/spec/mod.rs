@@ -22,6 +22,7 @@ pub use crate::retention::Keep;
 pub use address::{AddressError, AddressTemplate, is_domain};
 pub use index::Pos;
 pub use units::{Duration, Size, UnitError};
+pub(crate) use validate::SIZE_PROPERTIES;
 
 /// The only `apiVersion` this build reads.
 pub const API_VERSION: &str = "spoolkeeper/v1";

@@ -50,7 +50,7 @@ const NAME_RULE: &str = "at most 63 characters of a-z, 0-9 and inner `-` or `_`"
 /// ZFS properties spoolkeeper sets itself: a spec may not fight over them.
 const MANAGED_PROPERTIES: &[&str] = &["readonly", "canmount", "mountpoint", "mounted"];
 /// ZFS properties whose values are sizes.
-const SIZE_PROPERTIES: &[&str] = &[
+pub(crate) const SIZE_PROPERTIES: &[&str] = &[
     "quota",
     "refquota",
     "reservation",
