@@ -229,3 +229,33 @@ fn lab_snapshots_replication_retention_divergence_and_cut() {
     apply_ok(&state, &spec, "after heal");
     assert_replica_matches("after the cut and heal");
 }
+
+/// The relay transport: the stream flows through the controller (nodes need not trust each
+/// other); full then incremental, guids equal, replica read-only, the plan says so.
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn relay_replication_goes_through_the_controller() {
+    let _lab = Lab::fresh();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let spec = spec_variant(
+        dir.path(),
+        "relay.yaml",
+        &[
+            ("transport: direct", "transport: relay"),
+            ("every: 1m", "every: 10s"),
+        ],
+    );
+    let plan = sk_expect(&state, &spec, &["plan"], 2);
+    assert!(
+        plan.stdout.contains("through the controller") && plan.stdout.contains("on controller:"),
+        "{plan}"
+    );
+    apply_ok(&state, &spec, "relay: first full streams");
+    assert_replica_matches("after a relayed full send");
+    send("students", "relay@students.lab", 2);
+    next_snapshot_due();
+    let r = apply_ok(&state, &spec, "relay: incremental");
+    assert!(r.stdout.contains("incremental from @sk_"), "{r}");
+    assert_replica_matches("after a relayed incremental");
+}
