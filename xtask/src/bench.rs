@@ -20,7 +20,10 @@
 //!   `--hold-schedules` runs against a copy of the spec whose `every:` schedules are set to
 //!   `3650d`, so that a converged lab stays converged for the whole bench (the lab spec takes a
 //!   snapshot every minute, which makes a ten-run no-op bench impossible otherwise).
-//! - `replication`, `prune`: not implemented yet.
+//! - `replication`, `prune`, `arch-restore`, `failover`: on the lab (up; the benches converge
+//!   it themselves, each with its own state directory under `target/bench/<name>/`), against
+//!   the peers of issues 6, 7 and 8 on the same data in the same run; see `bench/*.rs`. They
+//!   print times and ratios; nothing asserts on time. Each cleans up what it created.
 //! - `all`: every bench above in turn; fails if any failed.
 
 use std::collections::BTreeMap;
@@ -30,8 +33,18 @@ use std::time::{Duration, Instant};
 
 use crate::util::{cargo, root, run};
 
-const USAGE: &str = "usage: cargo xtask bench [observe|noop|replication|prune|all] \
+mod arch_restore;
+mod common;
+mod failover;
+mod prune;
+mod replication;
+
+const USAGE: &str = "usage: cargo xtask bench \
+                     [observe|noop|replication|prune|arch-restore|failover|all] \
                      [--runs N] [--spec PATH] [--dry-run] [--hold-schedules]";
+
+/// One bench of `all`.
+type Bench<'a> = dyn Fn() -> Result<(), String> + 'a;
 
 /// Set in the environment of the release re-run, so it never re-runs itself again.
 const INNER: &str = "SK_BENCH_INNER";
@@ -45,17 +58,23 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match which {
         "observe" => crate::bench_observe::run(),
         "noop" => noop(&opts),
-        "replication" => not_yet("replication"),
-        "prune" => not_yet("prune"),
+        "replication" => replication::run(),
+        "prune" => prune::run(),
+        "arch-restore" => arch_restore::run(),
+        "failover" => failover::run(),
         "all" => {
             let mut failed = Vec::new();
-            for (name, r) in [
-                ("observe", crate::bench_observe::run()),
-                ("noop", noop(&opts)),
-                ("replication", not_yet("replication")),
-                ("prune", not_yet("prune")),
-            ] {
-                if let Err(e) = r {
+            let benches: [(&str, &Bench); 6] = [
+                ("observe", &crate::bench_observe::run),
+                ("noop", &|| noop(&opts)),
+                ("replication", &replication::run),
+                ("prune", &prune::run),
+                ("arch-restore", &arch_restore::run),
+                ("failover", &failover::run),
+            ];
+            for (name, bench) in benches {
+                // one after the other: each bench needs the lab to itself
+                if let Err(e) = bench() {
                     eprintln!("bench {name}: {e}");
                     failed.push(name);
                 }
@@ -72,11 +91,6 @@ pub fn main(args: &[String]) -> Result<(), String> {
         }
         other => Err(format!("unknown bench `{other}`\n{USAGE}")),
     }
-}
-
-fn not_yet(name: &str) -> Result<(), String> {
-    println!("bench {name}: not implemented yet");
-    Err(format!("bench {name} is not implemented yet"))
 }
 
 /// Run this same command from a release build of xtask.
