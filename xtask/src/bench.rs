@@ -24,6 +24,7 @@
 //!   it themselves, each with its own state directory under `target/bench/<name>/`), against
 //!   the peers of issues 6, 7 and 8 on the same data in the same run; see `bench/*.rs`. They
 //!   print times and ratios; nothing asserts on time. Each cleans up what it created.
+//!   `--count N` changes their size (files: 20,000; snapshots: 5,000; held messages: 5,000).
 //! - `all`: every bench above in turn; fails if any failed.
 
 use std::collections::BTreeMap;
@@ -41,7 +42,7 @@ mod replication;
 
 const USAGE: &str = "usage: cargo xtask bench \
                      [observe|noop|replication|prune|arch-restore|failover|all] \
-                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules]";
+                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules] [--count N]";
 
 /// One bench of `all`.
 type Bench<'a> = dyn Fn() -> Result<(), String> + 'a;
@@ -58,18 +59,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match which {
         "observe" => crate::bench_observe::run(),
         "noop" => noop(&opts),
-        "replication" => replication::run(),
-        "prune" => prune::run(),
-        "arch-restore" => arch_restore::run(),
+        "replication" => replication::run(opts.count),
+        "prune" => prune::run(opts.count),
+        "arch-restore" => arch_restore::run(opts.count),
         "failover" => failover::run(),
         "all" => {
             let mut failed = Vec::new();
             let benches: [(&str, &Bench); 6] = [
                 ("observe", &crate::bench_observe::run),
                 ("noop", &|| noop(&opts)),
-                ("replication", &replication::run),
-                ("prune", &prune::run),
-                ("arch-restore", &arch_restore::run),
+                ("replication", &|| replication::run(opts.count)),
+                ("prune", &|| prune::run(opts.count)),
+                ("arch-restore", &|| arch_restore::run(opts.count)),
                 ("failover", &failover::run),
             ];
             for (name, bench) in benches {
@@ -117,6 +118,8 @@ struct Options {
     spec: PathBuf,
     dry_run: bool,
     hold_schedules: bool,
+    /// Size of replication (files), prune (snapshots), arch-restore (messages).
+    count: Option<u32>,
 }
 
 impl Options {
@@ -126,6 +129,7 @@ impl Options {
             spec: PathBuf::from("examples/lab.yaml"),
             dry_run: false,
             hold_schedules: false,
+            count: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -139,6 +143,14 @@ impl Options {
                 }
                 "--spec" => {
                     o.spec = it.next().map(PathBuf::from).ok_or("--spec needs a path")?;
+                }
+                "--count" => {
+                    o.count = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .filter(|n| *n > 0)
+                            .ok_or("--count needs a positive number")?,
+                    );
                 }
                 "--dry-run" => o.dry_run = true,
                 "--hold-schedules" => o.hold_schedules = true,
@@ -399,6 +411,9 @@ not json at all
         let o = Options::parse(&a).unwrap();
         assert_eq!((o.runs, o.dry_run, o.hold_schedules), (3, true, false));
         assert!(Options::parse(&["--runs".into(), "0".into()]).is_err());
+        let c = Options::parse(&["--count".into(), "500".into()]).unwrap();
+        assert_eq!((c.count, c.runs), (Some(500), 10));
+        assert!(Options::parse(&["--count".into(), "x".into()]).is_err());
         assert!(Options::parse(&["--bogus".into()]).is_err());
         let ms = Duration::from_millis;
         assert_eq!(median(&mut [ms(5), ms(1), ms(3)]), ms(3));

@@ -2,7 +2,7 @@
 //! `postcat -bh -q ID | sendmail -G -i -f SENDER RCPT` loop, on the same held queue.
 //!
 //! 1. The lab is converged (BCC maps on node-a, HOLD on smtp-arch).
-//! 2. [`COUNT`] messages are injected into smtp-arch over one SMTP session from the root
+//! 2. [`DEFAULT_COUNT`] messages are injected into smtp-arch over one SMTP session from the root
 //!    namespace, for the archive addresses of [`USERS`] mailboxes of students.lab
 //!    (`skb-ar-NN=students.lab@archive.lab`): smtp-arch's `check_recipient_access … HOLD`
 //!    puts each on hold, as a BCC copy from a spool would be.
@@ -30,7 +30,7 @@ use xtask::lab::smtp::{dot_stuff, message_text, new_message_id, read_reply};
 use super::common::{Sk, host_ok, host_run, host_sh, poll, require_lab, secs};
 
 /// Held messages re-injected.
-pub const COUNT: u32 = 5_000;
+pub const DEFAULT_COUNT: u32 = 5_000;
 /// Mailboxes they are spread over.
 pub const USERS: u32 = 50;
 
@@ -151,7 +151,8 @@ impl Smtp {
     }
 }
 
-pub fn run() -> Result<(), String> {
+pub fn run(count: Option<u32>) -> Result<(), String> {
+    let count = count.unwrap_or(DEFAULT_COUNT);
     require_lab()?;
     let sk = Sk::new("arch-restore")?;
     let lab = super::common::lab_spec_text()?;
@@ -162,7 +163,7 @@ pub fn run() -> Result<(), String> {
     cleanup()?;
     eprintln!("==> bench arch-restore: converge the lab (schedules held)");
     sk.apply(&spec)?;
-    let result = measure(&sk, &spec);
+    let result = measure(&sk, &spec, count);
     let cleaned = cleanup();
     let report = result?;
     cleaned?;
@@ -200,18 +201,18 @@ fn cleanup() -> Result<(), String> {
     Ok(())
 }
 
-fn measure(sk: &Sk, spec: &std::path::Path) -> Result<String, String> {
-    eprintln!("==> {COUNT} messages held on smtp-arch for {USERS} mailboxes");
+fn measure(sk: &Sk, spec: &std::path::Path, count: u32) -> Result<String, String> {
+    eprintln!("==> {count} messages held on smtp-arch for {USERS} mailboxes");
     let t = Instant::now();
     let mut smtp = Smtp::open(ARCHIVE_SMTP)?;
-    for n in 0..COUNT {
+    for n in 0..count {
         let u = user(n);
         let text = message_text(
             SENDER,
             &format!("{u}@students.lab"),
             &new_message_id(),
             n + 1,
-            COUNT,
+            count,
         );
         smtp.send(SENDER, &format!("{u}=students.lab@archive.lab"), &text)?;
     }
@@ -222,7 +223,7 @@ fn measure(sk: &Sk, spec: &std::path::Path) -> Result<String, String> {
             .into_iter()
             .filter(|q| q.queue == "hold" && q.recipients.iter().any(|r| r.starts_with("skb-ar-")))
             .collect();
-        Ok((held.len() >= COUNT as usize).then_some(held))
+        Ok((held.len() >= count as usize).then_some(held))
     })?
     .ok_or("the injected messages never were all on hold on smtp-arch")?;
 
@@ -248,11 +249,11 @@ fn measure(sk: &Sk, spec: &std::path::Path) -> Result<String, String> {
             r.errors()
         )
     })?;
-    let count = |k: &str| report["counts"][k].as_u64().unwrap_or(0);
-    let replayed = count("replayed");
-    if r.code != Some(0) || replayed < u64::from(COUNT) {
+    let counted = |k: &str| report["counts"][k].as_u64().unwrap_or(0);
+    let replayed = counted("replayed");
+    if r.code != Some(0) || replayed < u64::from(count) {
         return Err(format!(
-            "arch-restore exited {:?}, replayed {replayed} of {COUNT}: counts {}, errors {}",
+            "arch-restore exited {:?}, replayed {replayed} of {count}: counts {}, errors {}",
             r.code, report["counts"], report["errors"]
         ));
     }
@@ -312,7 +313,7 @@ fn measure(sk: &Sk, spec: &std::path::Path) -> Result<String, String> {
         })
         .unwrap_or_default();
     Ok(format!(
-        "bench arch-restore: {COUNT} held messages for {USERS} mailboxes (injected in {})\n  \
+        "bench arch-restore: {count} held messages for {USERS} mailboxes (injected in {})\n  \
          spoolkeeper arch-restore: {replayed} replayed in {} = {sk_rate:.1} msgs/s \
          (its SMTP session alone: {}); counts {by_action:?}\n  \
          postcat | sendmail loop: {n_loop} re-sent in {} = {loop_rate:.1} msgs/s \

@@ -1,7 +1,7 @@
-//! `cargo xtask bench prune`: spoolkeeper's pruning of [`COUNT`] snapshots against
+//! `cargo xtask bench prune`: spoolkeeper's pruning of [`DEFAULT_COUNT`] snapshots against
 //! `sanoid --prune-snapshots` with the equivalent policy, same pool, same run.
 //!
-//! - `zdata/sksanoid` gets [`COUNT`] snapshots in sanoid's naming
+//! - `zdata/sksanoid` gets [`DEFAULT_COUNT`] snapshots in sanoid's naming
 //!   (`autosnap_<date>_frequently`), `zdata/imap/skprune` as many in spoolkeeper's
 //!   (`sk_YYYYMMDDTHHMMSSZ`, one hour apart back from now), each set by one `sh` loop.
 //! - The newest `sk_` snapshot is sent to node-b by hand (read-only replica, equal guid), so
@@ -27,7 +27,7 @@ use super::common::{
 };
 
 /// Snapshots per dataset.
-pub const COUNT: usize = 5_000;
+pub const DEFAULT_COUNT: usize = 5_000;
 
 const SK_DS: &str = "zdata/imap/skprune";
 const SANOID_DS: &str = "zdata/sksanoid";
@@ -36,7 +36,8 @@ const DOMAIN: &str = "skprune.lab";
 
 const SNAPSHOT_LOOP: &str = r#"ds=$1; while read -r n; do zfs snapshot "$ds@$n" || exit 1; done"#;
 
-pub fn run() -> Result<(), String> {
+pub fn run(count: Option<u32>) -> Result<(), String> {
+    let count = count.map_or(DEFAULT_COUNT, |c| c as usize);
     require_lab()?;
     let sk = Sk::new("prune")?;
     let lab = lab_spec_text()?;
@@ -53,7 +54,7 @@ pub fn run() -> Result<(), String> {
     cleanup()?;
     eprintln!("==> bench prune: converge the lab (schedules held)");
     sk.apply(&held)?;
-    let result = measure(&sk, &bench);
+    let result = measure(&sk, &bench, count);
     let cleaned = cleanup();
     let report = result?;
     cleaned?;
@@ -90,11 +91,11 @@ fn sanoid_conf() -> String {
     )
 }
 
-fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
+fn measure(sk: &Sk, bench: &std::path::Path, count: usize) -> Result<String, String> {
     let now = jiff::Timestamp::now();
     let hour = jiff::SignedDuration::from_hours(1);
     // oldest first, so that createtxg follows the names
-    let instants: Vec<jiff::Timestamp> = (0..COUNT).rev().map(|i| now - hour * i as i32).collect();
+    let instants: Vec<jiff::Timestamp> = (0..count).rev().map(|i| now - hour * i as i32).collect();
     let sk_names: String = instants
         .iter()
         .map(|t| spoolkeeper::retention::snapshot_name("sk", *t) + "\n")
@@ -108,7 +109,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     for ds in [SANOID_DS, SK_DS] {
         host_ok(Host::NodeA, &["zfs", "create", ds], None)?;
     }
-    eprintln!("==> {COUNT} snapshots on {SANOID_DS} (sanoid naming)");
+    eprintln!("==> {count} snapshots on {SANOID_DS} (sanoid naming)");
     let made_sanoid = host_ok(
         Host::NodeA,
         &["sh", "-c", SNAPSHOT_LOOP, "sh", SANOID_DS],
@@ -116,14 +117,14 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     )?
     .wall;
     let sanoid_ready = Instant::now() + Duration::from_secs(62);
-    eprintln!("==> {COUNT} snapshots on {SK_DS} (spoolkeeper naming)");
+    eprintln!("==> {count} snapshots on {SK_DS} (spoolkeeper naming)");
     let made_sk = host_ok(
         Host::NodeA,
         &["sh", "-c", SNAPSHOT_LOOP, "sh", SK_DS],
         Some(sk_names.as_bytes()),
     )?
     .wall;
-    for (ds, want) in [(SANOID_DS, COUNT), (SK_DS, COUNT)] {
+    for (ds, want) in [(SANOID_DS, count), (SK_DS, count)] {
         let n = snapshot_count(Host::NodeA, ds)?;
         if n != want {
             return Err(format!("{ds} has {n} snapshots, expected {want}"));
@@ -142,7 +143,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     let actions = r.actions();
     let destroy_secs = kind_secs(&actions, "destroy_snapshots");
     let sk_left = snapshot_count(Host::NodeA, SK_DS)?;
-    let sk_destroyed = COUNT - sk_left.min(COUNT);
+    let sk_destroyed = count - sk_left.min(count);
     if destroy_secs.is_none() || sk_destroyed == 0 {
         return Err(format!(
             "spoolkeeper pruned nothing ({sk_left} left): {}\n{}",
@@ -197,7 +198,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
         ));
     }
     let sanoid_left = snapshot_count(Host::NodeA, SANOID_DS)?;
-    let sanoid_destroyed = COUNT - sanoid_left.min(COUNT);
+    let sanoid_destroyed = count - sanoid_left.min(count);
     if sanoid_destroyed == 0 {
         return Err(format!(
             "sanoid pruned nothing ({sanoid_left} left): {}{}",
@@ -210,7 +211,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     let sk_action = destroy_secs.unwrap_or(sk_apply);
     let sa = sanoid.wall.as_secs_f64();
     Ok(format!(
-        "bench prune: {COUNT} snapshots per dataset (created in {} for sanoid, {} for spoolkeeper)\n  \
+        "bench prune: {count} snapshots per dataset (created in {} for sanoid, {} for spoolkeeper)\n  \
          spoolkeeper apply: destroyed {sk_destroyed} ({sk_left} left) in {} (destroy_snapshots action {:.2} s, {:.1} ms/snapshot)\n  \
          sanoid --prune-snapshots: destroyed {sanoid_destroyed} ({sanoid_left} left) in {} ({:.1} ms/snapshot)\n  \
          time per destroyed snapshot, sanoid/spoolkeeper: {} (whole apply), {} (destroy action alone)\n  \

@@ -3,14 +3,14 @@
 //!
 //! 1. The lab is converged with `examples/lab.yaml` whose schedules are held (nothing due) and
 //!    whose archive BCC map already names the bench instance's domain.
-//! 2. On node-a, `zdata/imap/skbench` gets [`FILES`] Maildir-like files of 2–8 KB (one perl
+//! 2. On node-a, `zdata/imap/skbench` gets [`DEFAULT_FILES`] Maildir-like files of 2–8 KB (one perl
 //!    process) and one snapshot `sk_<now>`.
 //! 3. A warm-up `zfs send … | wc -c` (stream size; every contender then reads a warm cache).
 //! 4. Full: (a) `spoolkeeper apply` with a spec copy whose only difference is one more
 //!    instance `skbench` on that dataset and `replication.every: 1s`: the plan is the full
 //!    send to node-b (plus its read-only flag and the holds); (b) `zfs send | ssh node-b zfs
 //!    receive -u zdata/skraw` on node-a; (c) `syncoid --no-sync-snap` into `zdata/sksyncoid`.
-//! 5. [`MORE`] files, a second snapshot, the incremental of each contender.
+//! 5. a tenth as many files, a second snapshot, the incremental of each contender.
 //! 6. The guids on node-b are checked against node-a's; the extra datasets are destroyed.
 //!
 //! spoolkeeper is timed twice: the whole `apply` (connect, observe, plan, lock, actions) and
@@ -26,10 +26,8 @@ use super::common::{
     require_lab, secs, with_extra_instance, with_schedules, with_students_domain,
 };
 
-/// Files in the first snapshot.
-pub const FILES: u32 = 20_000;
-/// Files added before the incremental.
-pub const MORE: u32 = 2_000;
+/// Files in the first snapshot (a tenth as many are added before the incremental).
+pub const DEFAULT_FILES: u32 = 20_000;
 
 const DS: &str = "zdata/imap/skbench";
 /// The bench instance's mail domain (nobody sends there).
@@ -65,7 +63,8 @@ for my $i ($from .. $from + $n - 1) {
 }
 "#;
 
-pub fn run() -> Result<(), String> {
+pub fn run(files: Option<u32>) -> Result<(), String> {
+    let files = files.unwrap_or(DEFAULT_FILES);
     require_lab()?;
     let sk = Sk::new("replication")?;
     let lab = lab_spec_text()?;
@@ -86,7 +85,7 @@ pub fn run() -> Result<(), String> {
     cleanup()?; // leftovers of an interrupted run
     eprintln!("==> bench replication: converge the lab (schedules held)");
     sk.apply(&held)?;
-    let result = measure(&sk, &bench);
+    let result = measure(&sk, &bench, files);
     let cleaned = cleanup();
     let report = result?;
     cleaned?;
@@ -231,8 +230,9 @@ fn round(sk: &Sk, bench: &std::path::Path, base: Option<&str>, to: &str) -> Resu
     })
 }
 
-fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
-    eprintln!("==> {FILES} files in {DS} on node-a");
+fn measure(sk: &Sk, bench: &std::path::Path, files: u32) -> Result<String, String> {
+    let more = (files / 10).max(1);
+    eprintln!("==> {files} files in {DS} on node-a");
     host_ok(
         Host::NodeA,
         &["zfs", "create", "-o", "compression=on", DS],
@@ -242,7 +242,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     let from = "0".to_string();
     let gen_full = host_ok(
         Host::NodeA,
-        &["perl", "-e", GENERATE, mnt, &from, &FILES.to_string()],
+        &["perl", "-e", GENERATE, mnt, &from, &files.to_string()],
         None,
     )?
     .wall;
@@ -254,7 +254,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     )?;
     let full = round(sk, bench, None, &s1)?;
 
-    eprintln!("==> {MORE} more files");
+    eprintln!("==> {more} more files");
     let gen_more = host_ok(
         Host::NodeA,
         &[
@@ -262,8 +262,8 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
             "-e",
             GENERATE,
             mnt,
-            &FILES.to_string(),
-            &MORE.to_string(),
+            &files.to_string(),
+            &more.to_string(),
         ],
         None,
     )?
@@ -283,7 +283,7 @@ fn measure(sk: &Sk, bench: &std::path::Path) -> Result<String, String> {
     let inc = round(sk, bench, Some(&s1), &s2)?;
 
     Ok(format!(
-        "bench replication: {FILES} files (written in {}), then {MORE} more (in {}); \
+        "bench replication: {files} files (written in {}), then {more} more (in {}); \
          same snapshots for every contender, guids checked on node-b\n{}\n{}",
         secs(gen_full),
         secs(gen_more),
