@@ -258,10 +258,6 @@ pub fn run() -> Result<(), String> {
             fo.errors()
         ));
     }
-    booted?;
-    for r in resync {
-        r?;
-    }
     let fo_first = fo_first.ok_or("after the failover no IMAP login worked within 120 s")?;
 
     println!(
@@ -285,6 +281,10 @@ pub fn run() -> Result<(), String> {
         fo.wall.as_secs_f64(),
         list_actions(&fo_actions),
     );
+    booted.map_err(|e| format!("measured, but node-b did not boot again: {e}"))?;
+    for r in resync {
+        r.map_err(|e| format!("measured, but the resync of node-b failed: {e}"))?;
+    }
     Ok(())
 }
 
