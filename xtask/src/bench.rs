@@ -195,16 +195,20 @@ fn parse_log(stderr: &str) -> RunLog {
     log
 }
 
-/// The spec with every `every:` schedule set to ten years (see the module documentation).
+/// The spec with every `every:` schedule set to ten years (see the module documentation), and
+/// the `rpo:` too (validation refuses an RPO shorter than the replication interval).
 fn hold_schedules(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("every:") {
+        let key = ["every:", "rpo:"]
+            .into_iter()
+            .find_map(|k| trimmed.strip_prefix(k).map(|rest| (k, rest)));
+        if let Some((key, rest)) = key {
             let indent = &line[..line.len() - trimmed.len()];
             // Keep a trailing comment, if any.
             let comment = rest.find('#').map_or("", |i| &rest[i..]);
-            out.push_str(format!("{indent}every: 3650d {comment}").trim_end());
+            out.push_str(format!("{indent}{key} 3650d {comment}").trim_end());
         } else {
             out.push_str(line);
         }
@@ -398,7 +402,7 @@ not json at all
         let spec = "spec:\n  snapshots:\n    prefix: sk\n    every: 1m\n  replication:\n    every: 1h   # often\n    rpo: 10m\n";
         assert_eq!(
             hold_schedules(spec),
-            "spec:\n  snapshots:\n    prefix: sk\n    every: 3650d\n  replication:\n    every: 3650d # often\n    rpo: 10m\n"
+            "spec:\n  snapshots:\n    prefix: sk\n    every: 3650d\n  replication:\n    every: 3650d # often\n    rpo: 3650d\n"
         );
     }
 

@@ -345,10 +345,12 @@ fn replace_in_section(text: &str, section: &str, key: &str, value: &str) -> Opti
     done.then_some(out)
 }
 
-/// The spec with `snapshots.every` and `replication.every` set.
+/// The spec with `snapshots.every` and `replication.every` set, and `replication.rpo` at ten
+/// years (it must not be shorter than `every`; only status and check read it).
 pub fn with_schedules(text: &str, snapshots: &str, replication: &str) -> Result<String, String> {
     replace_in_section(text, "snapshots", "every", snapshots)
         .and_then(|t| replace_in_section(&t, "replication", "every", replication))
+        .and_then(|t| replace_in_section(&t, "replication", "rpo", "3650d"))
         .ok_or_else(|| "the lab spec has no snapshots.every or replication.every".into())
 }
 
@@ -455,7 +457,8 @@ for ds in "$@"; do
   zfs list -H -r -t snapshot -o name "$ds" | while read -r s; do
     zfs release spoolkeeper "$s" >/dev/null 2>&1 || true
   done
-  zfs destroy -r "$ds" || exit 1
+  # zfs-fuse says "dataset is busy" for a moment after a mount or a send
+  zfs destroy -r "$ds" || { sleep 1; zfs destroy -r "$ds"; } || { sleep 3; zfs destroy -r "$ds"; } || exit 1
 done
 "#;
     host_sh(host, SCRIPT, datasets).map(|_| ())
@@ -473,7 +476,7 @@ every: 1m\n    keep: { hourly: 48 }\n  replication:\n    every: 1m\n    rpo: 10m
     fn spec_edits_touch_only_their_line() {
         let t = with_schedules(SPEC, "3650d", "1s").unwrap();
         assert!(t.contains("  snapshots:\n    prefix: sk\n    every: 3650d\n"));
-        assert!(t.contains("  replication:\n    every: 1s\n    rpo: 10m\n"));
+        assert!(t.contains("  replication:\n    every: 1s\n    rpo: 3650d\n"));
         let k = with_keep(SPEC, "{ hourly: 1 }").unwrap();
         assert!(k.contains("    keep: { hourly: 1 }\n"));
         assert!(!k.contains("hourly: 48"));
@@ -491,7 +494,8 @@ every: 1m\n    keep: { hourly: 48 }\n  replication:\n    every: 1m\n    rpo: 10m
     #[test]
     fn bench_copies_of_the_lab_spec_are_valid() {
         let lab = lab_spec_text().unwrap();
-        let held = with_schedules(&lab, "3650d", "1s").unwrap();
+        let held = with_schedules(&lab, "3650d", "3650d").unwrap();
+        let fast = with_schedules(&lab, "3650d", "1s").unwrap();
         let prune = with_keep(
             &with_extra_instance(&held, "skprune", "imap/skprune", "skprune.lab").unwrap(),
             "{ hourly: 1 }",
@@ -499,7 +503,7 @@ every: 1m\n    keep: { hourly: 48 }\n  replication:\n    every: 1m\n    rpo: 10m
         .unwrap();
         let converge = with_students_domain(&held, "skprune.lab").unwrap();
         let on_b = with_active(&lab, "node-b").unwrap();
-        for text in [&held, &prune, &on_b, &converge] {
+        for text in [&held, &fast, &prune, &on_b, &converge] {
             let spec = spoolkeeper::spec::parse(Path::new("copy.yaml"), text.as_bytes())
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert!(spec.spec.instances.len() >= 2);
@@ -511,7 +515,10 @@ every: 1m\n    keep: { hourly: 48 }\n  replication:\n    every: 1m\n    rpo: 10m
             p.spec.snapshots.every.as_std(),
             Duration::from_secs(3650 * 86400)
         );
-        assert_eq!(p.spec.replication.every.as_std(), Duration::from_secs(1));
+        assert_eq!(
+            p.spec.replication.every.as_std(),
+            Duration::from_secs(3650 * 86400)
+        );
         assert!(p.spec.instances.keys().any(|k| k.as_str() == "skprune"));
         let c = spoolkeeper::spec::parse(Path::new("c.yaml"), converge.as_bytes()).unwrap();
         let domains = |s: &spoolkeeper::spec::Spec| -> Vec<String> {
