@@ -120,6 +120,8 @@ pub struct Sk {
     bin: PathBuf,
     pub dir: PathBuf,
     state: PathBuf,
+    /// Runs so far (numbers the saved logs).
+    runs: std::cell::Cell<u32>,
 }
 
 /// One run of `spoolkeeper`.
@@ -127,7 +129,7 @@ pub struct Sk {
 pub struct SkRun {
     pub code: Option<i32>,
     pub stdout: String,
-    /// The JSON log (`--log-format json -v`).
+    /// The JSON log (`--log-format json -vv`).
     pub log: String,
     pub wall: Duration,
 }
@@ -171,13 +173,15 @@ impl Sk {
             bin: root().join("target/release/spoolkeeper"),
             dir,
             state,
+            runs: std::cell::Cell::new(0),
         })
     }
 
-    /// `spoolkeeper --log-format json -v ARGS… [--state-dir D]`.
+    /// `spoolkeeper --log-format json -vv ARGS… [--state-dir D]`; the log is kept as
+    /// `<scratch>/<n>-<command>.log` for a post-mortem.
     pub fn run(&self, args: &[&str], state_dir: bool) -> Result<SkRun, String> {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--log-format", "json", "-v"])
+        cmd.args(["--log-format", "json", "-vv"])
             .args(args)
             .env_remove("RUST_LOG")
             .current_dir(root());
@@ -188,6 +192,13 @@ impl Sk {
         let out = cmd
             .output()
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        let n = self.runs.get() + 1;
+        self.runs.set(n);
+        let log = self.dir.join(format!(
+            "{n:02}-{}.log",
+            args.first().copied().unwrap_or("run")
+        ));
+        let _ = std::fs::write(&log, &out.stderr);
         Ok(SkRun {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
