@@ -859,12 +859,18 @@ impl Host {
             drop(stdin);
             Ok::<(), std::io::Error>(())
         };
-        let mut out = Vec::new();
-        let reader = child.stdout.read_to_end(&mut out);
-        let (w, r) = tokio::join!(writer, reader);
+        let mut stdout = std::mem::replace(&mut child.stdout, Box::pin(tokio::io::empty()));
+        let reader = async move {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await.map(|_| out)
+        };
+        // stderr is drained by `wait`: poll it at the same time, or a command that writes
+        // more than a pipe's worth on stderr (postsuper -d: one line per deleted message)
+        // blocks, never closes stdout, and the run hangs forever.
+        let (w, r, res) = tokio::join!(writer, reader, child.wait());
         w.map_err(io)?;
-        r.map_err(io)?;
-        let mut res = child.wait().await?;
+        let out = r.map_err(io)?;
+        let mut res = res?;
         res.stdout = out;
         Ok(res)
     }
@@ -882,5 +888,26 @@ mod stdin_tests {
         let out = h.run_with_stdin(&["cat".to_string()], &data).await.unwrap();
         assert_eq!(out.status, Some(0));
         assert_eq!(out.stdout, data);
+    }
+
+    /// `postsuper -d -` on thousands of ids writes a line per message on stderr: more than a
+    /// pipe holds. The run must drain stderr while it feeds stdin and reads stdout (it hung
+    /// the switchover bench in its purge step before).
+    #[tokio::test]
+    async fn a_command_with_much_stderr_does_not_hang() {
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips);
+        let script = "cat >/dev/null; i=0; while [ $i -lt 20000 ]; do \
+                      echo \"postsuper: ABCDEF$i: removed\" >&2; i=$((i+1)); done; echo done";
+        let argv: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+        let run = h.run_with_stdin(&argv, b"ids\n");
+        // a guard against a hang, not a timing assertion
+        let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+            .await
+            .expect("run_with_stdin hung on a full stderr pipe")
+            .unwrap();
+        assert_eq!(out.status, Some(0));
+        assert_eq!(out.stdout, b"done\n");
+        assert_eq!(out.stderr.iter().filter(|&&b| b == b'\n').count(), 20000);
     }
 }

@@ -795,6 +795,45 @@ pub fn destroy_argvs(
         .collect())
 }
 
+/// Where the host has no comma batch destroy (zfs-fuse, old OpenZFS): ONE remote command that
+/// reads `dataset@snapshot` lines on stdin ([`destroy_each_stdin`]) and runs one `zfs destroy`
+/// per line, stopping at the first failure. One SSH round trip for the whole list instead of
+/// one per snapshot (measured on the lab: ~100 ms per round trip, so 5,000 snapshots took
+/// minutes). The script is a constant; the names arrive as data, never as shell text.
+pub const DESTROY_EACH_SCRIPT: &str =
+    r#"while IFS= read -r s; do zfs destroy "$s" || exit 1; done"#;
+
+/// `sh -c DESTROY_EACH_SCRIPT sk-destroy` (see [`DESTROY_EACH_SCRIPT`]).
+pub fn destroy_each_argv() -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        DESTROY_EACH_SCRIPT.into(),
+        "sk-destroy".into(),
+    ]
+}
+
+/// The stdin of [`destroy_each_argv`]: one `dataset@snapshot` per line, names checked as for
+/// [`destroy_argvs`], and no line break inside a name (ZFS has none; a line is one name).
+pub fn destroy_each_stdin(dataset: &str, snapshots: &[String]) -> Result<Vec<u8>, String> {
+    if let Some(bad) = snapshots.iter().find(|n| n.contains(['\n', '\r', '\0'])) {
+        return Err(format!("snapshot name {bad:?} holds a line break or NUL"));
+    }
+    if dataset.contains(['\n', '\r', '\0']) {
+        return Err(format!(
+            "dataset name {dataset:?} holds a line break or NUL"
+        ));
+    }
+    let lines = crate::retention::destroy_batches(dataset, snapshots, false, usize::MAX)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for l in lines.into_iter().flatten() {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 /// `zfs get -Hp -o value guid dataset@snapshot`.
 pub fn guid_argv(dataset: &str, snapshot: &str) -> Vec<String> {
     ["zfs", "get", "-Hp", "-o", "value", "guid"]
@@ -933,6 +972,74 @@ mod tests {
         }
         assert_eq!(v.last().map(String::as_str), Some("zfs receive -u"));
         assert_eq!(v[v.len() - 2], "--");
+    }
+
+    #[test]
+    fn destroy_each_is_one_command_with_the_names_on_stdin() {
+        let names: Vec<String> = ["sk_20261128T180000Z", "sk_20261128T190000Z"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let argv = destroy_each_argv();
+        assert_eq!(argv[..2], ["sh", "-c"]);
+        assert!(!argv[2].contains("sk_"), "no name in the script");
+        assert_eq!(
+            destroy_each_stdin("zdata/imap/students", &names).unwrap(),
+            b"zdata/imap/students@sk_20261128T180000Z\nzdata/imap/students@sk_20261128T190000Z\n"
+        );
+        assert!(destroy_each_stdin("zdata/x", &[]).unwrap().is_empty());
+        for bad in ["a\nb", "a,b", "a@b", "", "a%b"] {
+            assert!(
+                destroy_each_stdin("zdata/x", &[bad.to_string()]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(destroy_each_stdin("zdata/x\n", &names).is_err());
+    }
+
+    /// The script really destroys each line's snapshot and stops at the first failure
+    /// (a `zfs` stand-in on PATH records its arguments).
+    #[test]
+    fn destroy_each_script_runs_one_destroy_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let fake = dir.path().join("zfs");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$2\" != 'p/d@bad' ]\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let run = |input: &[u8]| {
+            let _ = std::fs::remove_file(&log);
+            let argv = destroy_each_argv();
+            let mut child = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("PATH", &path)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let ok = child.wait().unwrap().success();
+            (ok, std::fs::read_to_string(&log).unwrap_or_default())
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (ok, seen) = run(&destroy_each_stdin("p/d", &names(&["a", "b c"])).unwrap());
+        assert!(ok);
+        assert_eq!(seen, "destroy p/d@a\ndestroy p/d@b c\n");
+        let (ok, seen) = run(&destroy_each_stdin("p/d", &names(&["a", "bad", "z"])).unwrap());
+        assert!(!ok);
+        assert_eq!(seen, "destroy p/d@a\ndestroy p/d@bad\n");
     }
 
     #[test]

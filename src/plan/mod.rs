@@ -1847,7 +1847,14 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             dataset,
             snapshots,
             batch,
-        } => zfs::destroy_argvs(dataset, snapshots, *batch)?,
+        } => {
+            if *batch {
+                zfs::destroy_argvs(dataset, snapshots, true)?
+            } else {
+                // the names go on stdin (`stdin_of`): one round trip for the whole list
+                vec![zfs::destroy_each_argv()]
+            }
+        }
         ActionKind::Replicate {
             source_dataset,
             target,
@@ -1889,7 +1896,7 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
 }
 
 /// The bytes fed to the (single) command of an action on its stdin, for the actions that
-/// take one: a file's content, the queue ids to delete.
+/// take one: a file's content, the queue ids to delete, the snapshots to destroy one by one.
 pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
     Ok(match &a.kind {
         ActionKind::WriteFile { content, .. } => Some(content.as_bytes().to_vec()),
@@ -1897,6 +1904,11 @@ pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
             crate::postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
                 .map_err(|e| e.to_string())?,
         ),
+        ActionKind::DestroySnapshots {
+            dataset,
+            snapshots,
+            batch: false,
+        } => Some(zfs::destroy_each_stdin(dataset, snapshots)?),
         _ => None,
     })
 }

@@ -20,7 +20,11 @@
 //!   `--hold-schedules` runs against a copy of the spec whose `every:` schedules are set to
 //!   `3650d`, so that a converged lab stays converged for the whole bench (the lab spec takes a
 //!   snapshot every minute, which makes a ten-run no-op bench impossible otherwise).
-//! - `replication`, `prune`: not implemented yet.
+//! - `replication`, `prune`, `arch-restore`, `failover`: on the lab (up; the benches converge
+//!   it themselves, each with its own state directory under `target/bench/<name>/`), against
+//!   the peers of issues 6, 7 and 8 on the same data in the same run; see `bench/*.rs`. They
+//!   print times and ratios; nothing asserts on time. Each cleans up what it created.
+//!   `--count N` changes their size (files: 20,000; snapshots: 5,000; held messages: 5,000).
 //! - `all`: every bench above in turn; fails if any failed.
 
 use std::collections::BTreeMap;
@@ -30,8 +34,18 @@ use std::time::{Duration, Instant};
 
 use crate::util::{cargo, root, run};
 
-const USAGE: &str = "usage: cargo xtask bench [observe|noop|replication|prune|all] \
-                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules]";
+mod arch_restore;
+mod common;
+mod failover;
+mod prune;
+mod replication;
+
+const USAGE: &str = "usage: cargo xtask bench \
+                     [observe|noop|replication|prune|arch-restore|failover|all] \
+                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules] [--count N]";
+
+/// One bench of `all`.
+type Bench<'a> = dyn Fn() -> Result<(), String> + 'a;
 
 /// Set in the environment of the release re-run, so it never re-runs itself again.
 const INNER: &str = "SK_BENCH_INNER";
@@ -45,17 +59,23 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match which {
         "observe" => crate::bench_observe::run(),
         "noop" => noop(&opts),
-        "replication" => not_yet("replication"),
-        "prune" => not_yet("prune"),
+        "replication" => replication::run(opts.count),
+        "prune" => prune::run(opts.count),
+        "arch-restore" => arch_restore::run(opts.count),
+        "failover" => failover::run(),
         "all" => {
             let mut failed = Vec::new();
-            for (name, r) in [
-                ("observe", crate::bench_observe::run()),
-                ("noop", noop(&opts)),
-                ("replication", not_yet("replication")),
-                ("prune", not_yet("prune")),
-            ] {
-                if let Err(e) = r {
+            let benches: [(&str, &Bench); 6] = [
+                ("observe", &crate::bench_observe::run),
+                ("noop", &|| noop(&opts)),
+                ("replication", &|| replication::run(opts.count)),
+                ("prune", &|| prune::run(opts.count)),
+                ("arch-restore", &|| arch_restore::run(opts.count)),
+                ("failover", &failover::run),
+            ];
+            for (name, bench) in benches {
+                // one after the other: each bench needs the lab to itself
+                if let Err(e) = bench() {
                     eprintln!("bench {name}: {e}");
                     failed.push(name);
                 }
@@ -72,11 +92,6 @@ pub fn main(args: &[String]) -> Result<(), String> {
         }
         other => Err(format!("unknown bench `{other}`\n{USAGE}")),
     }
-}
-
-fn not_yet(name: &str) -> Result<(), String> {
-    println!("bench {name}: not implemented yet");
-    Err(format!("bench {name} is not implemented yet"))
 }
 
 /// Run this same command from a release build of xtask.
@@ -103,6 +118,8 @@ struct Options {
     spec: PathBuf,
     dry_run: bool,
     hold_schedules: bool,
+    /// Size of replication (files), prune (snapshots), arch-restore (messages).
+    count: Option<u32>,
 }
 
 impl Options {
@@ -112,6 +129,7 @@ impl Options {
             spec: PathBuf::from("examples/lab.yaml"),
             dry_run: false,
             hold_schedules: false,
+            count: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -125,6 +143,14 @@ impl Options {
                 }
                 "--spec" => {
                     o.spec = it.next().map(PathBuf::from).ok_or("--spec needs a path")?;
+                }
+                "--count" => {
+                    o.count = Some(
+                        it.next()
+                            .and_then(|v| v.parse().ok())
+                            .filter(|n| *n > 0)
+                            .ok_or("--count needs a positive number")?,
+                    );
                 }
                 "--dry-run" => o.dry_run = true,
                 "--hold-schedules" => o.hold_schedules = true,
@@ -169,16 +195,20 @@ fn parse_log(stderr: &str) -> RunLog {
     log
 }
 
-/// The spec with every `every:` schedule set to ten years (see the module documentation).
+/// The spec with every `every:` schedule set to ten years (see the module documentation), and
+/// the `rpo:` too (validation refuses an RPO shorter than the replication interval).
 fn hold_schedules(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("every:") {
+        let key = ["every:", "rpo:"]
+            .into_iter()
+            .find_map(|k| trimmed.strip_prefix(k).map(|rest| (k, rest)));
+        if let Some((key, rest)) = key {
             let indent = &line[..line.len() - trimmed.len()];
             // Keep a trailing comment, if any.
             let comment = rest.find('#').map_or("", |i| &rest[i..]);
-            out.push_str(format!("{indent}every: 3650d {comment}").trim_end());
+            out.push_str(format!("{indent}{key} 3650d {comment}").trim_end());
         } else {
             out.push_str(line);
         }
@@ -372,7 +402,7 @@ not json at all
         let spec = "spec:\n  snapshots:\n    prefix: sk\n    every: 1m\n  replication:\n    every: 1h   # often\n    rpo: 10m\n";
         assert_eq!(
             hold_schedules(spec),
-            "spec:\n  snapshots:\n    prefix: sk\n    every: 3650d\n  replication:\n    every: 3650d # often\n    rpo: 10m\n"
+            "spec:\n  snapshots:\n    prefix: sk\n    every: 3650d\n  replication:\n    every: 3650d # often\n    rpo: 3650d\n"
         );
     }
 
@@ -385,6 +415,9 @@ not json at all
         let o = Options::parse(&a).unwrap();
         assert_eq!((o.runs, o.dry_run, o.hold_schedules), (3, true, false));
         assert!(Options::parse(&["--runs".into(), "0".into()]).is_err());
+        let c = Options::parse(&["--count".into(), "500".into()]).unwrap();
+        assert_eq!((c.count, c.runs), (Some(500), 10));
+        assert!(Options::parse(&["--count".into(), "x".into()]).is_err());
         assert!(Options::parse(&["--bogus".into()]).is_err());
         let ms = Duration::from_millis;
         assert_eq!(median(&mut [ms(5), ms(1), ms(3)]), ms(3));
