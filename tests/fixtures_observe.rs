@@ -1,7 +1,7 @@
 //! Parser tests on recorded outputs (see tests/fixtures/SOURCES.md).
 
 use spoolkeeper::observed::{DatasetKind, RunState, ZfsFlavour};
-use spoolkeeper::{capabilities, jail, postfix, zfs};
+use spoolkeeper::{jail, postfix, zfs};
 
 fn fixture(p: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -198,5 +198,4 @@ fn exec_runtime_status_codes() {
         RunState::Unknown
     );
     assert_eq!(jail::exec_state(None, "").state, RunState::Unknown);
-    let _ = capabilities::date_argv();
 }

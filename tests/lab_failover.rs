@@ -140,7 +140,6 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     let st = state.as_path();
     let on_a = spec(dir.path(), "node-a", true);
     let on_b = spec(dir.path(), "node-b", true);
-    let on_b_unfenced = spec(dir.path(), "node-b", false);
     let s = |p: &PathBuf| p.to_str().unwrap().to_string();
 
     // Converge on node-a: datasets, replication to node-b, archive BCC.
@@ -162,18 +161,23 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     eprintln!("switchover apply: {:.1?}", t.elapsed());
     accepted.extend(load.accepted());
     exactly_once(&accepted, Duration::from_secs(60));
-    assert!(
-        exec_ok(
-            "node-b",
-            &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]
-        )
-        .is_empty()
-            || exec(
-                "node-b",
-                &["/var/lib/sk-lab/bin/sk-instance", "status", "students"]
-            )
-            .status
-            .success()
+    let running = exec(
+        "node-b",
+        &["/var/lib/sk-lab/bin/sk-instance", "status", "students"],
+    );
+    assert_eq!(
+        running.status.code(),
+        Some(0),
+        "students must run on node-b after the switchover"
+    );
+    let stopped = exec(
+        "node-a",
+        &["/var/lib/sk-lab/bin/sk-instance", "status", "students"],
+    );
+    assert_eq!(
+        stopped.status.code(),
+        Some(3),
+        "students must be stopped on node-a after the switchover"
     );
     // Replication now runs node-b -> node-a.
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
@@ -185,7 +189,6 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     let refused = sk(st, &["apply", "-f", &s(&spec(dir.path(), "node-a", false))]);
     assert_eq!(refused.code, 3, "{}\n{}", refused.stdout, refused.stderr);
     assert!(refused.stdout.contains("not fenced"), "{}", refused.stdout);
-    let _ = on_b_unfenced;
     // With the fencing command, the same edit fails over.
     let t = Instant::now();
     let fo = sk(st, &["apply", "-f", &s(&on_a)]);

@@ -177,12 +177,18 @@ pub async fn execute(
         }
         match r {
             Ok(()) => {
-                let _ = journal.record_done(a);
+                if let Err(e) = journal.record_done(a) {
+                    // The step happened; only its record is missing. Later plans re-derive
+                    // what they can from the hosts (holds and fences are idempotent).
+                    tracing::error!(action = %a.id, error = %e, "journal write failed after the action completed");
+                }
                 tracing::info!(action = %a.id, "done");
                 outcome.insert(id, Outcome::Done);
             }
             Err(e) => {
-                let _ = journal.record(&a.id, Phase::Failed, Some(e.clone()));
+                if let Err(je) = journal.record(&a.id, Phase::Failed, Some(e.clone())) {
+                    tracing::error!(action = %a.id, error = %je, "journal write failed");
+                }
                 tracing::error!(action = %a.id, error = %e, "failed");
                 outcome.insert(id, Outcome::Failed(e));
             }
