@@ -58,6 +58,11 @@ pub enum ArchiveError {
     BadTemplate(String),
 }
 
+/// spoolkeeper's tables in Postfix's `config_directory`: the BCC map on the spools, the
+/// hold table on the archive host (the planner writes them, observe reads them back).
+pub const BCC_MAP_FILE: &str = "spoolkeeper-bcc.regexp";
+pub const HOLD_MAP_FILE: &str = "spoolkeeper-hold.regexp";
+
 /// Escapes every regexp metacharacter of `s` (POSIX ERE as used by Postfix regexp tables).
 pub fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 2);

@@ -31,10 +31,7 @@ pub const POSTFIX_PARAMETERS: &[&str] = &[
     "maximal_queue_lifetime",
 ];
 
-/// spoolkeeper's tables in Postfix's `config_directory`: the BCC map on the spools, the
-/// hold table on the archive host.
-pub const BCC_MAP_FILE: &str = "spoolkeeper-bcc.regexp";
-pub const HOLD_MAP_FILE: &str = "spoolkeeper-hold.regexp";
+use crate::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
 
 /// Print a table of `config_directory` (a fixed script: the file name is a constant).
 fn cat_postfix_table_argv(file: &str) -> Vec<String> {

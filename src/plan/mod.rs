@@ -316,13 +316,13 @@ impl<'a> Planner<'a> {
                         .get("config_directory")
                         .cloned()
                         .unwrap_or_else(|| "/etc/postfix".into());
-                    let path = format!("{dir}/{}", crate::observe::HOLD_MAP_FILE);
+                    let path = format!("{dir}/{}", crate::archive::HOLD_MAP_FILE);
                     let table = crate::archive::hold_access_map(template.archive_domain());
                     let want = crate::archive::archive_host_settings(template.archive_domain(), &path);
                     archive_ready = self.postfix_config(
                         Target::Archive,
                         pf,
-                        crate::observe::HOLD_MAP_FILE,
+                        crate::archive::HOLD_MAP_FILE,
                         &path,
                         &table,
                         &want,
@@ -355,12 +355,12 @@ impl<'a> Planner<'a> {
                             .get("config_directory")
                             .cloned()
                             .unwrap_or_else(|| "/etc/postfix".into());
-                        let path = format!("{dir}/{}", crate::observe::BCC_MAP_FILE);
+                        let path = format!("{dir}/{}", crate::archive::BCC_MAP_FILE);
                         let want = crate::archive::spool_settings(&path);
                         let ids = self.postfix_config(
                             Target::Node(active.to_string()),
                             pf,
-                            crate::observe::BCC_MAP_FILE,
+                            crate::archive::BCC_MAP_FILE,
                             &path,
                             &table,
                             &want,
