@@ -7,11 +7,9 @@
 
 pub mod journal;
 pub mod lock;
-
-use std::collections::{BTreeMap, HashMap};
+pub mod walk;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use petgraph::Direction;
 
 use crate::host::Host;
 use crate::observe::Connections;
@@ -103,8 +101,8 @@ pub async fn execute(
     journal: &mut Journal,
     limits: Limits,
 ) -> Report {
-    let order = match plan.order() {
-        Ok(o) => o,
+    let mut walk = match walk::Walk::new(plan, limits) {
+        Ok(w) => w,
         Err(e) => {
             return Report {
                 outcomes: vec![("plan".into(), Outcome::Failed(e.to_string()))],
@@ -113,53 +111,29 @@ pub async fn execute(
     };
     let state_dir_buf = journal.state_dir().to_owned();
     let state_dir = state_dir_buf.as_path();
-    let mut outcome: HashMap<petgraph::graph::NodeIndex, Outcome> = HashMap::new();
-    let mut running_per_host: BTreeMap<Target, usize> = BTreeMap::new();
     let mut running = FuturesUnordered::new();
-    let mut started: std::collections::HashSet<petgraph::graph::NodeIndex> = Default::default();
-
     loop {
-        // Start (or skip) every action whose dependencies are settled, in plan order.
-        for id in &order {
-            if started.contains(id) {
-                continue;
-            }
-            let deps: Vec<_> = plan
-                .graph
-                .neighbors_directed(*id, Direction::Incoming)
-                .collect();
-            if deps.iter().any(|d| !outcome.contains_key(d)) {
-                continue;
-            }
-            let a = &plan.graph[*id];
-            if let Some(up) = deps.iter().find_map(|d| match &outcome[d] {
-                Outcome::Done => None,
-                Outcome::Failed(_) => Some(plan.graph[*d].id.clone()),
-                Outcome::Skipped { upstream } => Some(upstream.clone()),
-            }) {
-                started.insert(*id);
-                let _ = journal.record(
-                    &a.id,
-                    Phase::Skipped,
-                    Some(format!("upstream failed: {up}")),
-                );
-                tracing::warn!(action = %a.id, upstream = %up, "skipped: upstream failed");
-                outcome.insert(*id, Outcome::Skipped { upstream: up });
-                continue;
-            }
-            let busy = running_per_host.get(&a.host).copied().unwrap_or(0);
-            if running.len() >= limits.global.max(1) || busy >= limits.per_host.max(1) {
-                continue;
-            }
-            started.insert(*id);
-            *running_per_host.entry(a.host.clone()).or_default() += 1;
+        let mut progress = false;
+        for (id, up) in walk.skip_upstream_failed() {
+            progress = true;
+            let a = &plan.graph[id];
+            let _ = journal.record(
+                &a.id,
+                Phase::Skipped,
+                Some(format!("upstream failed: {up}")),
+            );
+            tracing::warn!(action = %a.id, upstream = %up, "skipped: upstream failed");
+        }
+        // Start every ready action the limits allow, in plan order.
+        for id in walk.startable() {
+            progress = true;
+            let a = &plan.graph[id];
             if let Err(e) = journal.record(&a.id, Phase::Start, None) {
                 // No durable record, no action: the journal is what makes a rerun safe.
-                outcome.insert(*id, Outcome::Failed(format!("journal write failed: {e}")));
-                *running_per_host.entry(a.host.clone()).or_default() -= 1;
+                walk.finish(id, Outcome::Failed(format!("journal write failed: {e}")));
                 continue;
             }
-            let id = *id;
+            walk.start(id);
             running.push(async move {
                 let span = tracing::info_span!("action", id = %a.id, host = %a.host);
                 let _g = span.enter();
@@ -168,13 +142,16 @@ pub async fn execute(
                 (id, r)
             });
         }
+        if running.is_empty() {
+            if progress {
+                continue;
+            }
+            break;
+        }
         let Some((id, r)) = running.next().await else {
             break;
         };
         let a = &plan.graph[id];
-        if let Some(n) = running_per_host.get_mut(&a.host) {
-            *n -= 1;
-        }
         match r {
             Ok(()) => {
                 if let Err(e) = journal.record_done(a) {
@@ -183,30 +160,18 @@ pub async fn execute(
                     tracing::error!(action = %a.id, error = %e, "journal write failed after the action completed");
                 }
                 tracing::info!(action = %a.id, "done");
-                outcome.insert(id, Outcome::Done);
+                walk.finish(id, Outcome::Done);
             }
             Err(e) => {
                 if let Err(je) = journal.record(&a.id, Phase::Failed, Some(e.clone())) {
                     tracing::error!(action = %a.id, error = %je, "journal write failed");
                 }
                 tracing::error!(action = %a.id, error = %e, "failed");
-                outcome.insert(id, Outcome::Failed(e));
+                walk.finish(id, Outcome::Failed(e));
             }
         }
     }
-    Report {
-        outcomes: order
-            .iter()
-            .map(|id| {
-                (
-                    plan.graph[*id].id.clone(),
-                    outcome
-                        .remove(id)
-                        .unwrap_or(Outcome::Failed("not run".into())),
-                )
-            })
-            .collect(),
-    }
+    walk.report()
 }
 
 fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, String> {
