@@ -526,6 +526,121 @@ pub fn classify(
     out
 }
 
+/// The window inputs of each instance, from the observation (the active node's dataset and
+/// both clock offsets) and what the journal learned (spool backlogs of snapshots).
+pub fn instance_inputs<'a>(
+    spec: &'a Spec,
+    obs: &'a Observation,
+    instances: &[(&'a str, &'a crate::spec::Instance)],
+    learned: &crate::plan::Context,
+) -> Vec<InstanceInput<'a>> {
+    let active = spec.spec.active.as_str();
+    let pool = spec
+        .spec
+        .nodes
+        .iter()
+        .find(|(n, _)| n.as_str() == active)
+        .map(|(_, n)| n.pool.as_str())
+        .unwrap_or_default();
+    let active_obs = obs.nodes.get(active);
+    let margin = spec
+        .spec
+        .archive
+        .as_ref()
+        .map(|a| a.margin.as_signed())
+        .unwrap_or_default();
+    instances
+        .iter()
+        .map(|(name, inst)| {
+            let ds = format!("{pool}/{}", inst.dataset.as_str());
+            let snapshot = active_obs
+                .and_then(|o| o.dataset(&ds))
+                .and_then(newest_snapshot);
+            let backlog = snapshot
+                .and_then(|s| learned.backlogs.get(&format!("{ds}@{}", s.name)).copied())
+                .unwrap_or(SpoolBacklog::Unknown);
+            InstanceInput {
+                instance: name,
+                domains: &inst.domains,
+                snapshot,
+                backlog,
+                active_offset_ms: active_obs.and_then(|o| o.capabilities.clock_offset_ms),
+                archive_offset_ms: obs
+                    .archive
+                    .as_ref()
+                    .and_then(|a| a.capabilities.clock_offset_ms),
+                margin,
+            }
+        })
+        .collect()
+}
+
+/// What to do with every held copy of every instance, given what the active node holds
+/// (`mailboxes`: in a mailbox; `queued`: in its Postfix queue), what the ledger says was
+/// replayed and which mailboxes could not be checked (`broken`, with why: their copies are
+/// not replayed, to never deliver twice). Returns the windows, the messages in replay order
+/// (arrival, queue id, recipient) and the errors that make the run incomplete.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    active: &str,
+    inputs: &[InstanceInput<'_>],
+    held: &[HeldCopy],
+    template: &AddressTemplate,
+    mailboxes: &BTreeSet<(String, String)>,
+    queued: &BTreeSet<(String, String)>,
+    replayed: &BTreeSet<(String, String)>,
+    broken: &BTreeMap<String, String>,
+) -> (Vec<InstanceReport>, Vec<MessageReport>, Vec<String>) {
+    let present: BTreeSet<(String, String)> = mailboxes.union(queued).cloned().collect();
+    let mut instance_reports = Vec::new();
+    let mut messages = Vec::new();
+    let mut errors = Vec::new();
+    for input in inputs {
+        let plan = plan_instance(input, held, template, &present, replayed);
+        instance_reports.push(InstanceReport {
+            instance: input.instance.to_owned(),
+            active: active.to_owned(),
+            snapshot: input.snapshot.map(|s| s.name.clone()),
+            since: plan.since,
+            window: plan.window.clone(),
+        });
+        messages.extend(classify(
+            input.instance,
+            &plan,
+            held,
+            template,
+            input.domains,
+            input.archive_offset_ms,
+            mailboxes,
+            queued,
+            replayed,
+        ));
+    }
+    for m in &mut messages {
+        if m.action == MessageAction::WouldReplay
+            && let Some(why) = broken.get(&m.recipient)
+        {
+            m.action = MessageAction::Failed;
+            m.reason = format!(
+                "the mailbox of {} could not be checked ({why}); not replayed, to never deliver twice",
+                m.recipient
+            );
+        }
+    }
+    if !broken.is_empty() {
+        errors.push(format!(
+            "{} mailbox(es) could not be checked on {active}: {}",
+            broken.len(),
+            broken.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    // replay in arrival order across instances
+    messages.sort_by(|a, b| {
+        (a.arrival, &a.queue_id, &a.recipient).cmp(&(b.arrival, &b.queue_id, &b.recipient))
+    });
+    (instance_reports, messages, errors)
+}
+
 /// The queue id Postfix names in a `250 … queued as ID` reply.
 pub fn queued_as(reply: &smtp::Reply) -> Option<String> {
     let last = reply.lines.last()?;
@@ -1006,8 +1121,7 @@ pub async fn run(
             .collect(),
     };
     let active = spec.spec.active.as_str();
-    let active_obs = obs
-        .nodes
+    obs.nodes
         .get(active)
         .filter(|n| n.reachability.is_reachable())
         .ok_or_else(|| format!("the active node {active} is not reachable: cannot re-inject"))?;
@@ -1026,14 +1140,6 @@ pub async fn run(
         "the archive host's queue was not observed (postqueue -j): nothing can be replayed"
             .to_owned()
     })?;
-    let pool = spec
-        .spec
-        .nodes
-        .iter()
-        .find(|(n, _)| n.as_str() == active)
-        .map(|(_, n)| n.pool.as_str())
-        .ok_or_else(|| format!("active node {active} is not in the spec"))?;
-
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
@@ -1068,30 +1174,11 @@ pub async fn run(
     }
 
     // 3. per instance: window and candidate recipients, then one mailbox batch for all
-    let margin = archive_spec.margin.as_signed();
     // The spool backlog recorded when each snapshot was taken (the journal), which narrows
     // the window to what the snapshot may lack; unknown = every held copy.
     let learned =
         crate::apply::journal::context(&crate::apply::journal::Journal::read(state_dir, cluster));
-    let inputs: Vec<InstanceInput<'_>> = instances
-        .iter()
-        .map(|(name, inst)| {
-            let ds = format!("{pool}/{}", inst.dataset.as_str());
-            let snapshot = active_obs.dataset(&ds).and_then(newest_snapshot);
-            let backlog = snapshot
-                .and_then(|s| learned.backlogs.get(&format!("{ds}@{}", s.name)).copied())
-                .unwrap_or(SpoolBacklog::Unknown);
-            InstanceInput {
-                instance: name,
-                domains: &inst.domains,
-                snapshot,
-                backlog,
-                active_offset_ms: active_obs.capabilities.clock_offset_ms,
-                archive_offset_ms: archive_obs.capabilities.clock_offset_ms,
-                margin,
-            }
-        })
-        .collect();
+    let inputs = instance_inputs(spec, obs, &instances, &learned);
     let none = BTreeSet::new();
     let mut users = BTreeSet::new();
     let mut since: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
@@ -1119,54 +1206,13 @@ pub async fn run(
     let pending = spool_pending(&spool_queue, &all_domains);
     let (mailboxes, queued, broken) =
         spool_state(node, &pending, &users, &since, &all_domains).await?;
-    let present: BTreeSet<(String, String)> = mailboxes.union(&queued).cloned().collect();
 
     // 4. decide
-    let mut instance_reports = Vec::new();
-    let mut messages = Vec::new();
-    for input in &inputs {
-        let plan = plan_instance(input, &held, template, &present, &replayed);
-        instance_reports.push(InstanceReport {
-            instance: input.instance.to_owned(),
-            active: active.to_owned(),
-            snapshot: input.snapshot.map(|s| s.name.clone()),
-            since: plan.since,
-            window: plan.window.clone(),
-        });
-        messages.extend(classify(
-            input.instance,
-            &plan,
-            &held,
-            template,
-            input.domains,
-            input.archive_offset_ms,
-            &mailboxes,
-            &queued,
-            &replayed,
-        ));
-    }
-    for m in &mut messages {
-        if m.action == MessageAction::WouldReplay
-            && let Some(why) = broken.get(&m.recipient)
-        {
-            m.action = MessageAction::Failed;
-            m.reason = format!(
-                "the mailbox of {} could not be checked ({why}); not replayed, to never deliver twice",
-                m.recipient
-            );
-        }
-    }
-    if !broken.is_empty() {
-        errors.push(format!(
-            "{} mailbox(es) could not be checked on {active}: {}",
-            broken.len(),
-            broken.keys().cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    // replay in arrival order across instances
-    messages.sort_by(|a, b| {
-        (a.arrival, &a.queue_id, &a.recipient).cmp(&(b.arrival, &b.queue_id, &b.recipient))
-    });
+    let (instance_reports, messages, errs) = decide(
+        active, &inputs, &held, template, &mailboxes, &queued, &replayed, &broken,
+    );
+    errors.extend(errs);
+    let mut messages = messages;
 
     // 5. re-inject
     let mut replay_secs = None;
