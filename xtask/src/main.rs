@@ -36,6 +36,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The deterministic simulator: the real planner and executor walk against a model
+    /// cluster, faults and interleavings chosen by seed (`--seeds N --steps M`, `--seed S -v`
+    /// replays one).
+    Simulate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Every check and test: fmt, clippy, unit and integration tests, lab tests (root).
     Ci {
         /// Leave out the lab tests (also: SK_SKIP_LAB=1).
@@ -142,6 +149,13 @@ fn run_lab(cmd: LabCmd) -> lab::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cargo xtask simulate ARGS`: the simulator built in release mode (seeds per second matter).
+pub fn simulate(args: &[String]) -> Result<(), String> {
+    let mut a: Vec<&str> = vec!["run", "--quiet", "--release", "--package", "sk-sim", "--"];
+    a.extend(args.iter().map(String::as_str));
+    util::run("simulate", &util::cargo(), &a)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -150,6 +164,9 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(lab::Error::new),
         Task::Bench { args } => bench::main(&args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(lab::Error::new),
+        Task::Simulate { args } => simulate(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(lab::Error::new),
         Task::Ci { no_lab } => ci::main(no_lab)
