@@ -398,6 +398,8 @@ pub struct InstanceInput<'a> {
     /// Clock offsets (ms, host − controller).
     pub active_offset_ms: Option<i64>,
     pub archive_offset_ms: Option<i64>,
+    /// The archive offset's uncertainty (ms): the window opens that much earlier.
+    pub archive_uncertainty_ms: Option<i64>,
     /// `archive.margin`.
     pub margin: SignedDuration,
 }
@@ -411,11 +413,12 @@ pub fn plan_instance(
     present: &BTreeSet<(String, String)>,
     replayed: &BTreeSet<(String, String)>,
 ) -> RestorePlan {
-    let wm = archive::watermark(
+    let wm = archive::watermark_with(
         input.snapshot,
         input.backlog,
         input.active_offset_ms,
         input.archive_offset_ms,
+        input.archive_uncertainty_ms,
         input.margin,
     );
     let mut plan = archive::restore_set(
@@ -526,23 +529,38 @@ pub fn classify(
     out
 }
 
-/// The window inputs of each instance, from the observation (the active node's dataset and
-/// both clock offsets) and what the journal learned (spool backlogs of snapshots).
+/// Where a replay's window starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window<'a> {
+    /// At the newest snapshot of the serving copy (the `arch-restore` command's default).
+    Newest,
+    /// At this snapshot of the serving copy: the one it was known to hold everything up to
+    /// when the service moved (a failover's replay). When the copy no longer has it, every
+    /// held copy.
+    Anchor(&'a str),
+    /// Every held copy (no snapshot known to hold anything).
+    Everything,
+}
+
+/// The window inputs of each instance replayed into `node`, from the observation (its
+/// dataset and both clock offsets) and what the journal learned (spool backlogs of
+/// snapshots).
 pub fn instance_inputs<'a>(
     spec: &'a Spec,
     obs: &'a Observation,
     instances: &[(&'a str, &'a crate::spec::Instance)],
     learned: &crate::plan::Context,
+    node: &str,
+    window: Window<'_>,
 ) -> Vec<InstanceInput<'a>> {
-    let active = spec.spec.active.as_str();
     let pool = spec
         .spec
         .nodes
         .iter()
-        .find(|(n, _)| n.as_str() == active)
+        .find(|(n, _)| n.as_str() == node)
         .map(|(_, n)| n.pool.as_str())
         .unwrap_or_default();
-    let active_obs = obs.nodes.get(active);
+    let node_obs = obs.nodes.get(node);
     let margin = spec
         .spec
         .archive
@@ -553,22 +571,36 @@ pub fn instance_inputs<'a>(
         .iter()
         .map(|(name, inst)| {
             let ds = format!("{pool}/{}", inst.dataset.as_str());
-            let snapshot = active_obs
-                .and_then(|o| o.dataset(&ds))
-                .and_then(newest_snapshot);
+            let copy = node_obs.and_then(|o| o.dataset(&ds));
+            // A replay owed to the copy (recorded by a failover) keeps its anchor, whoever runs it.
+            let owed = copy.and_then(|d| d.user_properties.get(crate::plan::REPLAY_PROPERTY));
+            let window = match (window, owed) {
+                (Window::Newest, Some(a)) if a.is_empty() => Window::Everything,
+                (Window::Newest, Some(a)) => Window::Anchor(a.as_str()),
+                (w, _) => w,
+            };
+            let snapshot = match window {
+                Window::Newest => copy.and_then(newest_snapshot),
+                Window::Anchor(a) => copy.and_then(|d| d.snapshots.iter().find(|s| s.name == a)),
+                Window::Everything => None,
+            };
             let backlog = snapshot
-                .and_then(|s| learned.backlogs.get(&format!("{ds}@{}", s.name)).copied())
+                .and_then(|s| learned.backlog(&ds, &s.name))
                 .unwrap_or(SpoolBacklog::Unknown);
             InstanceInput {
                 instance: name,
                 domains: &inst.domains,
                 snapshot,
                 backlog,
-                active_offset_ms: active_obs.and_then(|o| o.capabilities.clock_offset_ms),
+                active_offset_ms: node_obs.and_then(|o| o.capabilities.clock_offset_ms),
                 archive_offset_ms: obs
                     .archive
                     .as_ref()
                     .and_then(|a| a.capabilities.clock_offset_ms),
+                archive_uncertainty_ms: obs
+                    .archive
+                    .as_ref()
+                    .and_then(|a| a.capabilities.clock_uncertainty_ms),
                 margin,
             }
         })
@@ -1089,11 +1121,29 @@ where
 
 /// Replay archived mail into the active node for every instance of `spec` (or `instance`).
 /// `conns` and `obs` come from [`crate::observe`]; no lock is taken (see the module docs).
+/// Where to replay and from when: the node replayed into (`None`: the spec's active node)
+/// and the window.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub node: Option<&'a str>,
+    pub window: Window<'a>,
+}
+
+impl Target<'_> {
+    /// The `arch-restore` command's default: into the active node, from its newest snapshot.
+    pub const ACTIVE: Target<'static> = Target {
+        node: None,
+        window: Window::Newest,
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     spec: &Spec,
     conns: &Connections,
     obs: &Observation,
     instance: Option<&str>,
+    target: Target<'_>,
     dry_run: bool,
     state_dir: &Path,
 ) -> Result<Report, String> {
@@ -1120,14 +1170,14 @@ pub async fn run(
             .map(|(n, i)| (n.as_str(), i))
             .collect(),
     };
-    let active = spec.spec.active.as_str();
+    let active = target.node.unwrap_or(spec.spec.active.as_str());
     obs.nodes
         .get(active)
         .filter(|n| n.reachability.is_reachable())
-        .ok_or_else(|| format!("the active node {active} is not reachable: cannot re-inject"))?;
+        .ok_or_else(|| format!("the serving node {active} is not reachable: cannot re-inject"))?;
     let node = conns
         .node(active)
-        .ok_or_else(|| format!("the active node {active} is not connected"))?;
+        .ok_or_else(|| format!("the serving node {active} is not connected"))?;
     let archive_obs = obs
         .archive
         .as_ref()
@@ -1178,7 +1228,7 @@ pub async fn run(
     // the window to what the snapshot may lack; unknown = every held copy.
     let learned =
         crate::apply::journal::context(&crate::apply::journal::Journal::read(state_dir, cluster));
-    let inputs = instance_inputs(spec, obs, &instances, &learned);
+    let inputs = instance_inputs(spec, obs, &instances, &learned, active, target.window);
     let none = BTreeSet::new();
     let mut users = BTreeSet::new();
     let mut since: BTreeMap<String, Option<Timestamp>> = BTreeMap::new();
@@ -1342,7 +1392,16 @@ async fn run_locked(
             .map_err(|e| e.to_string())?;
     }
     let obs = crate::observe::observe(s, &conns).await;
-    let res = run(s, &conns, &obs, instance, dry_run, state_dir).await;
+    let res = run(
+        s,
+        &conns,
+        &obs,
+        instance,
+        Target::ACTIVE,
+        dry_run,
+        state_dir,
+    )
+    .await;
     if !dry_run {
         crate::apply::release_lock(node, s.name.as_str()).await;
     }
@@ -1370,6 +1429,7 @@ mod tests {
             createtxg: txg,
             userrefs: 0,
             used: 0,
+            written: None,
         }
     }
     fn dataset(snaps: Vec<Snapshot>) -> Dataset {
@@ -1413,6 +1473,7 @@ mod tests {
             backlog,
             active_offset_ms: Some(0),
             archive_offset_ms: Some(0),
+            archive_uncertainty_ms: Some(0),
             margin: SignedDuration::from_secs(60),
         }
     }

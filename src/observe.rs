@@ -220,7 +220,11 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
         .flat_map(|i| i.properties.keys().map(String::as_str))
         .collect();
     let extra: Vec<&str> = extra.into_iter().collect();
-    let props = zfs::listing_properties(caps.zfs.as_ref(), &[crate::plan::RESYNC_PROPERTY], &extra);
+    let props = zfs::listing_properties(
+        caps.zfs.as_ref(),
+        &[crate::plan::RESYNC_PROPERTY, crate::plan::REPLAY_PROPERTY],
+        &extra,
+    );
 
     // Second round trip: everything else, in one batch.
     let mut cmds = vec![zfs::listing_argv(&props, &datasets)];

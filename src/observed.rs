@@ -25,6 +25,10 @@ pub struct Snapshot {
     pub userrefs: u32,
     /// `used`, bytes.
     pub used: u64,
+    /// `written`: bytes written between the previous snapshot and this one, where the host
+    /// reports it (OpenZFS; zfs-fuse has no such property).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
 }
 
 /// Everything one `observe` run saw, keyed by node name. Stable JSON: field names are part of

@@ -80,6 +80,16 @@ pub fn postsuper_delete_argv() -> Vec<String> {
         .collect()
 }
 
+/// `postsuper -d -`: delete the queue ids read from stdin from the queues where Postfix keeps
+/// mail it still has to deliver (hold, incoming, active, deferred), in one call. For a
+/// passive node's queued deliveries that a replay already put into the serving copy.
+pub fn postsuper_delete_queued_argv() -> Vec<String> {
+    ["postsuper", "-d", "-"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// The stdin of [`postsuper_delete_argv`]: one queue id per line. Refuses the whole batch if
 /// any id is not a queue id (`ALL` above all).
 pub fn postsuper_stdin<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<u8>, BadQueueId> {

@@ -246,6 +246,25 @@ pub struct HoldMoves {
     pub hold: Option<Snapshot>,
 }
 
+/// What `other` holds that `copy` never had: its snapshots newer than the newest snapshot the
+/// two share (all of them when they share none). Old snapshots that `copy` pruned and `other`
+/// still keeps are not "ahead".
+pub fn ahead(copy: &[Snapshot], other: &[Snapshot]) -> Vec<Snapshot> {
+    let on_copy: HashSet<u64> = copy.iter().map(|s| s.guid).collect();
+    let base = other
+        .iter()
+        .filter(|s| on_copy.contains(&s.guid))
+        .max_by(|a, b| age_order(a, b));
+    let mut out: Vec<Snapshot> = other
+        .iter()
+        .filter(|s| !on_copy.contains(&s.guid))
+        .filter(|s| base.is_none_or(|b| age_order(s, b).is_gt()))
+        .cloned()
+        .collect();
+    out.sort_by(age_order);
+    out
+}
+
 /// Where the `spoolkeeper` hold goes on one side: release it from every snapshot that carries it
 /// and is not `new_base`, hold `new_base` if it does not carry it yet. Matching is by guid.
 ///
@@ -282,6 +301,7 @@ mod tests {
             createtxg: Some(hour as u64 * 10 + 5),
             userrefs: 0,
             used: 0,
+            written: None,
         }
     }
 
@@ -292,6 +312,24 @@ mod tests {
             createtxg: Some(txg),
             ..x.clone()
         }
+    }
+
+    #[test]
+    fn ahead_is_what_follows_the_newest_shared_snapshot() {
+        let (a, b, c, d) = (s("a", 1, 1), s("b", 2, 2), s("c", 3, 3), s("d", 4, 4));
+        // the copy pruned `a`; the other still has it: not ahead
+        assert!(ahead(&[b.clone(), c.clone()], &[a.clone(), b.clone(), c.clone()]).is_empty());
+        // the other has `d` after the shared `c`: ahead by d
+        assert_eq!(
+            ahead(&[b.clone(), c.clone()], &[a.clone(), c.clone(), d.clone()]),
+            vec![d.clone()]
+        );
+        // nothing shared: all of it
+        assert_eq!(
+            ahead(std::slice::from_ref(&a), std::slice::from_ref(&b)),
+            vec![b.clone()]
+        );
+        assert!(ahead(std::slice::from_ref(&a), &[]).is_empty());
     }
 
     #[test]

@@ -516,6 +516,7 @@ mod tests {
             createtxg: Some(txg),
             userrefs: 0,
             used: 0,
+            written: None,
         }
     }
 
@@ -1057,6 +1058,7 @@ mod tests {
                         // Mostly unheld.
                         userrefs: if userrefs == 2 { 1 } else { 0 },
                         used: 0,
+                        written: None,
                     }
                 })
         }

@@ -59,6 +59,11 @@ pub fn listing_properties(
     if caps.is_some_and(|c| c.resume_tokens) {
         out.push("receive_resume_token".into());
     }
+    // `written` (bytes written since the previous snapshot): what tells a copy that never
+    // served from a diverged one. OpenZFS has it; zfs-fuse rejects the whole command.
+    if caps.is_some_and(|c| c.flavour == crate::observed::ZfsFlavour::OpenZfs) {
+        out.push("written".into());
+    }
     for p in user_properties.iter().chain(extra) {
         if !out.iter().any(|o| o == p) {
             out.push((*p).to_string());
@@ -326,6 +331,7 @@ struct SnapAcc {
     createtxg: Option<u64>,
     userrefs: u32,
     used: u64,
+    written: Option<u64>,
     first_line: u64,
 }
 
@@ -458,6 +464,10 @@ impl ListingParser {
                     s.used = parse_u64(no, "used", value)?.unwrap_or(0);
                     Ok(())
                 }
+                b"written" => {
+                    s.written = parse_u64(no, "written", value)?;
+                    Ok(())
+                }
                 b"type" => {
                     if value != b"snapshot" {
                         return Err(malformed(no, "name has '@' but type is not snapshot"));
@@ -568,6 +578,7 @@ impl ListingParser {
                         createtxg: s.createtxg,
                         userrefs: s.userrefs,
                         used: s.used,
+                        written: s.written,
                     });
                 }
             }

@@ -140,9 +140,17 @@ fn arch_restore(state: &Path) -> Report {
     rt.block_on(async {
         let conns = spoolkeeper::observe::connect(&spec).await;
         let obs = spoolkeeper::observe::observe(&spec, &conns).await;
-        arch_restore::run(&spec, &conns, &obs, Some("students"), false, state)
-            .await
-            .expect("arch-restore runs")
+        arch_restore::run(
+            &spec,
+            &conns,
+            &obs,
+            Some("students"),
+            arch_restore::Target::ACTIVE,
+            false,
+            state,
+        )
+        .await
+        .expect("arch-restore runs")
     })
 }
 

@@ -235,11 +235,26 @@ async fn run_action(
             ))
         };
     }
-    if let ActionKind::ArchRestore { instance } = &a.kind {
+    if let ActionKind::ArchRestore {
+        instance,
+        node,
+        anchor,
+    } = &a.kind
+    {
+        use crate::arch_restore::{Target, Window};
+        let target = Target {
+            node: node.as_deref(),
+            window: match (node, anchor) {
+                (_, Some(a)) => Window::Anchor(a),
+                (Some(_), None) => Window::Everything,
+                (None, None) => Window::Newest,
+            },
+        };
         // A fresh look: the instance was just started, the archive queue moved on.
         let obs = crate::observe::observe(spec, conns).await;
         let report =
-            crate::arch_restore::run(spec, conns, &obs, Some(instance), false, state_dir).await?;
+            crate::arch_restore::run(spec, conns, &obs, Some(instance), target, false, state_dir)
+                .await?;
         tracing::info!(instance = %instance, report = %report.text().trim(), "arch-restore");
         return if report.ok() {
             Ok(())
@@ -249,6 +264,9 @@ async fn run_action(
                 report.text().trim()
             ))
         };
+    }
+    if let ActionKind::WaitDelivered { instance, domains } = &a.kind {
+        return wait_delivered(host_of(conns, &a.host)?, instance, domains).await;
     }
     let host = host_of(conns, &a.host)?;
     let stdin = crate::plan::stdin_of(a)?;
@@ -272,6 +290,41 @@ async fn run_action(
         }
     }
     Ok(())
+}
+
+/// How long a switchover waits for the old node's queue to deliver the instance's mail.
+const WAIT_DELIVERED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Poll the host's queue until nothing is queued for `domains` (the local deliveries of an
+/// instance; its archive copies are at the archive domain and do not count).
+async fn wait_delivered(host: &Host, instance: &str, domains: &[String]) -> Result<(), String> {
+    let argv = crate::postfix::postqueue_argv();
+    let until = std::time::Instant::now() + WAIT_DELIVERED;
+    loop {
+        let out = host.run(&argv).await.map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!(
+                "`{}` exited {:?}: {}",
+                argv.join(" "),
+                out.status,
+                out.stderr_text().trim()
+            ));
+        }
+        let queue =
+            crate::postfix::parse_postqueue(&out.stdout_text()).map_err(|e| e.to_string())?;
+        let pending = crate::arch_restore::spool_pending(&queue, domains).len();
+        if pending == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "{pending} message(s) for {instance} are still queued on {} after {}s (their delivery fails: check the mailbox server there, `postqueue -p`); the switchover stopped before the final snapshot and changes nothing else; apply again once they are delivered",
+                host.label(),
+                WAIT_DELIVERED.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// Holds and releases are idempotent: a hold that exists or a release of a hold that is

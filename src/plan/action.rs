@@ -131,8 +131,31 @@ pub enum ActionKind {
         snapshot: String,
         file: String,
     },
-    /// Replay archived mail newer than the watermark into the active node, exactly once.
-    ArchRestore { instance: String },
+    /// Replay archived mail into the node that serves the instance, exactly once. The window
+    /// starts at `anchor`, the snapshot the serving copy was known to hold everything up to
+    /// when the service moved (recorded on the dataset before anything changed); without an
+    /// anchor, at the newest snapshot of the serving copy.
+    ArchRestore {
+        instance: String,
+        /// The node replayed into (default: the spec's active node).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor: Option<String>,
+    },
+    /// Wait until the node's Postfix has delivered every queued message for the instance's
+    /// domains (bounded: fails when it does not happen in time). A switchover waits for it
+    /// between the stop and the final snapshot.
+    WaitDelivered {
+        instance: String,
+        domains: Vec<String>,
+    },
+    /// Delete a node's queued deliveries of an instance that a replay covered (its copy no
+    /// longer serves; delivering them later would duplicate them): `postsuper -d -`.
+    DropQueued {
+        instance: String,
+        queue_ids: Vec<String>,
+    },
     /// `postqueue -f`: a returning node hands its queued archive copies to the archive host.
     FlushQueue,
     /// Delete held copies from the archive host's hold queue (`postsuper -d - hold`): only
@@ -196,6 +219,8 @@ impl ActionKind {
             ActionKind::SetUserProperty { .. } => "set_user_property",
             ActionKind::PreserveDelta { .. } => "preserve_delta",
             ActionKind::ArchRestore { .. } => "arch_restore",
+            ActionKind::DropQueued { .. } => "drop_queued",
+            ActionKind::WaitDelivered { .. } => "wait_delivered",
             ActionKind::FlushQueue => "flush_queue",
             ActionKind::Replicate { .. } => "replicate",
             ActionKind::Hold { .. } => "hold",
@@ -217,7 +242,8 @@ impl ActionKind {
             ActionKind::VerifyGuid { .. }
             | ActionKind::ForgetFence { .. }
             | ActionKind::SetUserProperty { .. }
-            | ActionKind::FlushQueue => Effect::Change,
+            | ActionKind::FlushQueue
+            | ActionKind::WaitDelivered { .. } => Effect::Change,
             ActionKind::Fence { .. }
             | ActionKind::Rollback { .. }
             | ActionKind::AbortReceive { .. } => Effect::Remove,
@@ -229,7 +255,8 @@ impl ActionKind {
             | ActionKind::StopInstance { .. }
             | ActionKind::Release { .. }
             | ActionKind::DestroySnapshots { .. }
-            | ActionKind::PurgeArchive { .. } => Effect::Remove,
+            | ActionKind::PurgeArchive { .. }
+            | ActionKind::DropQueued { .. } => Effect::Remove,
         }
     }
 
@@ -240,6 +267,7 @@ impl ActionKind {
             self,
             ActionKind::DestroySnapshots { .. }
                 | ActionKind::PurgeArchive { .. }
+                | ActionKind::DropQueued { .. }
                 | ActionKind::Rollback { .. }
                 | ActionKind::AbortReceive { .. }
                 | ActionKind::Fence { .. }
@@ -329,9 +357,31 @@ impl ActionKind {
             } => format!(
                 "save the writes of {dataset} since @{base} (snapshot @{snapshot}) to {file}"
             ),
-            ActionKind::ArchRestore { instance } => {
-                format!("replay archived mail of {instance} newer than the watermark, exactly once")
+            ActionKind::ArchRestore {
+                instance,
+                node,
+                anchor,
+            } => format!(
+                "replay archived mail of {instance}{} {}, exactly once",
+                node.as_ref()
+                    .map(|n| format!(" into {n}"))
+                    .unwrap_or_default(),
+                match anchor {
+                    Some(a) => format!("that @{a} may lack"),
+                    None => "newer than the watermark".to_string(),
+                }
+            ),
+            ActionKind::WaitDelivered { instance, .. } => {
+                format!("wait until every queued message for {instance} is delivered here")
             }
+            ActionKind::DropQueued {
+                instance,
+                queue_ids,
+            } => format!(
+                "delete {} queued deliver{} of {instance} that the replay covered",
+                queue_ids.len(),
+                if queue_ids.len() == 1 { "y" } else { "ies" }
+            ),
             ActionKind::FlushQueue => "flush the Postfix queue (postqueue -f)".into(),
             ActionKind::PurgeArchive {
                 instance,
@@ -410,9 +460,10 @@ impl Action {
             }
             ActionKind::WriteFile { path, .. } => path.clone(),
             ActionKind::Postconf { .. } => "main.cf".into(),
-            ActionKind::PurgeArchive { instance, .. } | ActionKind::ArchRestore { instance } => {
-                instance.clone()
-            }
+            ActionKind::PurgeArchive { instance, .. }
+            | ActionKind::ArchRestore { instance, .. }
+            | ActionKind::DropQueued { instance, .. }
+            | ActionKind::WaitDelivered { instance, .. } => instance.clone(),
             ActionKind::Fence { node } | ActionKind::ForgetFence { node } => node.clone(),
             ActionKind::VerifyGuid {
                 target_dataset,
@@ -423,8 +474,13 @@ impl Action {
             | ActionKind::AbortReceive { dataset }
             | ActionKind::PreserveDelta { dataset, .. } => dataset.clone(),
             ActionKind::SetUserProperty {
-                dataset, property, ..
-            } => format!("{dataset}:{property}"),
+                dataset,
+                property,
+                value,
+            } => match value {
+                Some(_) => format!("{dataset}:{property}"),
+                None => format!("{dataset}:{property}:clear"),
+            },
             ActionKind::FlushQueue => "queue".into(),
             ActionKind::Replicate {
                 source_dataset,
@@ -440,6 +496,187 @@ impl Action {
             host,
             kind,
             reason: reason.into(),
+        }
+    }
+}
+
+/// Something an action reads or changes. Two actions that touch the same object, one of
+/// them changing it, are ordered by the graph builder (in planning order, unless one already
+/// depends on the other), so no section of the planner can forget an edge.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Object {
+    /// A dataset on a node (its snapshots, properties, mount and holds).
+    Dataset { node: String, dataset: String },
+    /// An instance's run state on a node.
+    Instance { node: String, instance: String },
+    /// Who may serve (write) an instance, cluster-wide: stops, read-only switches, starts.
+    Service { instance: String },
+    /// The cluster's fence proofs (nodes powered off by the fencing command).
+    Fences,
+    /// A host's Postfix configuration.
+    Postfix(Target),
+    /// A host's Postfix queue.
+    Queue(Target),
+    /// The archive host's hold queue.
+    ArchiveHold,
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Dataset { node, dataset } => write!(f, "dataset {node}:{dataset}"),
+            Object::Instance { node, instance } => write!(f, "instance {instance} on {node}"),
+            Object::Service { instance } => write!(f, "the service of {instance}"),
+            Object::Fences => f.write_str("the fence proofs"),
+            Object::Postfix(t) => write!(f, "the Postfix configuration of {t}"),
+            Object::Queue(t) => write!(f, "the Postfix queue of {t}"),
+            Object::ArchiveHold => f.write_str("the archive hold queue"),
+        }
+    }
+}
+
+/// How an action touches an [`Object`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl Action {
+    /// The objects this action reads or changes. `spec` resolves which instance a dataset
+    /// belongs to.
+    pub fn accesses(&self, spec: &crate::spec::Spec) -> Vec<(Object, Access)> {
+        use Access::{Read, Write};
+        let node = match &self.host {
+            Target::Node(n) => n.clone(),
+            _ => String::new(),
+        };
+        let ds = |node: &str, d: &str| Object::Dataset {
+            node: node.to_owned(),
+            dataset: d.to_owned(),
+        };
+        let service = |i: &str| Object::Service {
+            instance: i.to_owned(),
+        };
+        let pool = spec
+            .spec
+            .nodes
+            .iter()
+            .find(|(n, _)| n.as_str() == node)
+            .map(|(_, n)| n.pool.to_string());
+        let instance_of = |d: &str| {
+            let rel = d.strip_prefix(pool.as_deref()?)?.strip_prefix('/')?;
+            spec.spec
+                .instances
+                .iter()
+                .find(|(_, i)| i.dataset.as_str() == rel)
+                .map(|(n, _)| n.to_string())
+        };
+        match &self.kind {
+            ActionKind::CreateDataset { dataset, .. }
+            | ActionKind::SetProperties { dataset, .. }
+            | ActionKind::Mount { dataset }
+            | ActionKind::Unmount { dataset }
+            | ActionKind::Snapshot { dataset, .. }
+            | ActionKind::Rollback { dataset, .. }
+            | ActionKind::AbortReceive { dataset }
+            | ActionKind::SetUserProperty { dataset, .. }
+            | ActionKind::PreserveDelta { dataset, .. }
+            | ActionKind::Hold { dataset, .. }
+            | ActionKind::Release { dataset, .. }
+            | ActionKind::DestroySnapshots { dataset, .. } => vec![(ds(&node, dataset), Write)],
+            ActionKind::SetReadonly { dataset, readonly } => {
+                let mut v = vec![(ds(&node, dataset), Write)];
+                if let Some(i) = instance_of(dataset) {
+                    v.push((service(&i), Write));
+                }
+                if !readonly {
+                    v.push((Object::Fences, Read));
+                }
+                v
+            }
+            ActionKind::StartInstance { instance } => vec![
+                (
+                    Object::Instance {
+                        node: node.clone(),
+                        instance: instance.clone(),
+                    },
+                    Write,
+                ),
+                (service(instance), Write),
+                (Object::Fences, Read),
+                (Object::Postfix(self.host.clone()), Read),
+            ],
+            ActionKind::StopInstance { instance } => vec![
+                (
+                    Object::Instance {
+                        node: node.clone(),
+                        instance: instance.clone(),
+                    },
+                    Write,
+                ),
+                (service(instance), Write),
+            ],
+            ActionKind::WriteFile { .. } | ActionKind::Postconf { .. } => {
+                vec![(Object::Postfix(self.host.clone()), Write)]
+            }
+            ActionKind::Fence { .. } | ActionKind::ForgetFence { .. } => {
+                vec![(Object::Fences, Write)]
+            }
+            ActionKind::VerifyGuid {
+                source,
+                source_dataset,
+                target,
+                target_dataset,
+                ..
+            } => vec![
+                (ds(source, source_dataset), Read),
+                (ds(target, target_dataset), Read),
+            ],
+            ActionKind::Replicate {
+                source,
+                source_dataset,
+                target,
+                target_dataset,
+                ..
+            } => vec![
+                (ds(source, source_dataset), Read),
+                (ds(target, target_dataset), Write),
+            ],
+            ActionKind::ArchRestore {
+                instance,
+                node: into,
+                ..
+            } => {
+                let into = into.clone().unwrap_or_else(|| spec.spec.active.to_string());
+                vec![
+                    (Object::ArchiveHold, Write),
+                    (Object::Queue(Target::Node(into.clone())), Write),
+                    (
+                        Object::Instance {
+                            node: into,
+                            instance: instance.clone(),
+                        },
+                        Read,
+                    ),
+                ]
+            }
+            ActionKind::FlushQueue => vec![
+                (Object::Queue(self.host.clone()), Write),
+                (Object::ArchiveHold, Write),
+            ],
+            ActionKind::DropQueued { .. } => vec![(Object::Queue(self.host.clone()), Write)],
+            ActionKind::WaitDelivered { instance, .. } => vec![
+                (Object::Queue(self.host.clone()), Read),
+                (
+                    Object::Instance {
+                        node: node.clone(),
+                        instance: instance.clone(),
+                    },
+                    Read,
+                ),
+            ],
+            ActionKind::PurgeArchive { .. } => vec![(Object::ArchiveHold, Write)],
         }
     }
 }

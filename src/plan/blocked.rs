@@ -51,6 +51,9 @@ pub enum Blocked {
         node: String,
         conflict: Conflict,
     },
+    /// The plan broke one of its own invariants (two unordered actions on one object, a copy
+    /// made writable before another is read-only, …): a planner bug; nothing runs.
+    Invariant { detail: String },
 }
 
 impl Blocked {
@@ -64,6 +67,7 @@ impl Blocked {
             Blocked::ObservationIncomplete { .. } => "observation_incomplete",
             Blocked::SeveralLiveCopies { .. } => "several_live_copies",
             Blocked::Replication { .. } => "replication_conflict",
+            Blocked::Invariant { .. } => "plan_invariant",
         }
     }
 
@@ -90,6 +94,7 @@ impl Blocked {
                 nodes.join(", ")
             ),
             Blocked::Replication { conflict, .. } => conflict.operator_message(),
+            Blocked::Invariant { .. } => "this is a bug in spoolkeeper's planner: nothing was run; please report it with `plan --output json` of this state".into(),
         }
     }
 }
@@ -143,6 +148,7 @@ impl fmt::Display for Blocked {
                 "replication of {instance} to {node} refused: {}",
                 conflict.kind()
             ),
+            Blocked::Invariant { detail } => write!(f, "the plan breaks an invariant: {detail}"),
         }
     }
 }

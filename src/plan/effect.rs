@@ -109,6 +109,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                     createtxg: Some(txg),
                     userrefs: 0,
                     used: 0,
+                    written: None,
                 });
             }
         }
@@ -188,12 +189,15 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                     createtxg: Some(txg),
                     userrefs: 0,
                     used: 0,
+                    written: None,
                 });
             }
         }
+        ActionKind::WaitDelivered { .. } => {}
         ActionKind::WriteFile { .. }
         | ActionKind::Postconf { .. }
-        | ActionKind::PurgeArchive { .. } => {
+        | ActionKind::PurgeArchive { .. }
+        | ActionKind::DropQueued { .. } => {
             if let Some(pf) = n.postfix.as_mut() {
                 postfix_effect(pf, &a.kind);
             }
@@ -284,7 +288,7 @@ fn postfix_effect(pf: &mut crate::observed::PostfixObservation, kind: &ActionKin
                 pf.settings.insert(k.clone(), v.clone());
             }
         }
-        ActionKind::PurgeArchive { queue_ids, .. } => {
+        ActionKind::PurgeArchive { queue_ids, .. } | ActionKind::DropQueued { queue_ids, .. } => {
             pf.queue.retain(|e| !queue_ids.contains(&e.queue_id));
         }
         _ => {}

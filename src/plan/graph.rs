@@ -134,6 +134,144 @@ impl Plan {
         ))
     }
 
+    /// Order every two actions that touch the same object, one of them changing it: the one
+    /// planned first goes first, unless one already depends on the other. Run once, after
+    /// the planner's sections added their actions and explicit edges.
+    pub fn order_by_objects(&mut self, spec: &crate::spec::Spec) {
+        use super::action::{Access, Object};
+        let mut by_object: BTreeMap<Object, Vec<(Id, Access)>> = BTreeMap::new();
+        for id in self.graph.node_indices() {
+            for (o, a) in self.graph[id].accesses(spec) {
+                by_object.entry(o).or_default().push((id, a));
+            }
+        }
+        for touches in by_object.values() {
+            for (i, (x, ax)) in touches.iter().enumerate() {
+                for (y, ay) in &touches[i + 1..] {
+                    if *ax == Access::Read && *ay == Access::Read {
+                        continue;
+                    }
+                    let (first, then) = if x < y { (*x, *y) } else { (*y, *x) };
+                    if first == then
+                        || petgraph::algo::has_path_connecting(&self.graph, first, then, None)
+                        || petgraph::algo::has_path_connecting(&self.graph, then, first, None)
+                    {
+                        continue;
+                    }
+                    self.edge(first, then);
+                }
+            }
+        }
+    }
+
+    /// The plan's invariants, as the sentences that describe each breach (none for a sound
+    /// plan): no cycle; no two unordered actions on one object where one changes it; no copy
+    /// made writable or instance started before every stop, read-only switch and fence of the
+    /// same instance elsewhere in the plan.
+    pub fn check(&self, spec: &crate::spec::Spec) -> Vec<String> {
+        use super::action::{Access, Object};
+        let mut out = Vec::new();
+        if let Err(e) = self.order() {
+            out.push(e.to_string());
+            return out;
+        }
+        let reach = |a: Id, b: Id| petgraph::algo::has_path_connecting(&self.graph, a, b, None);
+        let mut by_object: BTreeMap<Object, Vec<(Id, Access)>> = BTreeMap::new();
+        for id in self.graph.node_indices() {
+            for (o, a) in self.graph[id].accesses(spec) {
+                by_object.entry(o).or_default().push((id, a));
+            }
+        }
+        for (object, touches) in &by_object {
+            for (i, (x, ax)) in touches.iter().enumerate() {
+                for (y, ay) in &touches[i + 1..] {
+                    if x == y || (*ax == Access::Read && *ay == Access::Read) {
+                        continue;
+                    }
+                    if !reach(*x, *y) && !reach(*y, *x) {
+                        out.push(format!(
+                            "{} and {} both touch {object} and are not ordered",
+                            self.graph[*x].id, self.graph[*y].id
+                        ));
+                    }
+                }
+            }
+        }
+        // Promotions after demotions, per instance.
+        use super::ActionKind as K;
+        let instance_of_dataset = |node: &str, ds: &str| {
+            let pool = spec
+                .spec
+                .nodes
+                .iter()
+                .find(|(n, _)| n.as_str() == node)
+                .map(|(_, n)| n.pool.to_string())?;
+            let rel = ds.strip_prefix(&pool)?.strip_prefix('/')?;
+            spec.spec
+                .instances
+                .iter()
+                .find(|(_, i)| i.dataset.as_str() == rel)
+                .map(|(n, _)| n.to_string())
+        };
+        let role = |id: Id| -> Option<(bool, String, String)> {
+            // (promotion?, node, instance)
+            let a = &self.graph[id];
+            let node = match &a.host {
+                super::Target::Node(n) => n.clone(),
+                _ => String::new(),
+            };
+            match &a.kind {
+                K::SetReadonly { dataset, readonly } => Some((
+                    !readonly,
+                    node.clone(),
+                    instance_of_dataset(&node, dataset)?,
+                )),
+                K::StartInstance { instance } => Some((true, node, instance.clone())),
+                K::StopInstance { instance } => Some((false, node, instance.clone())),
+                _ => None,
+            }
+        };
+        let roles: Vec<(Id, (bool, String, String))> = self
+            .graph
+            .node_indices()
+            .filter_map(|id| role(id).map(|r| (id, r)))
+            .collect();
+        for (p, (promo, pnode, pinst)) in &roles {
+            if !promo {
+                continue;
+            }
+            for (d, (dpromo, dnode, dinst)) in &roles {
+                if *dpromo || dnode == pnode || dinst != pinst {
+                    continue;
+                }
+                // A fresh replica made read-only after its full receive (`receive -u` leaves
+                // it unmounted): never a writable copy.
+                let after_receive = self
+                    .graph
+                    .neighbors_directed(*d, Direction::Incoming)
+                    .any(|u| matches!(self.graph[u].kind, K::Replicate { .. }));
+                if after_receive {
+                    continue;
+                }
+                if !reach(*d, *p) {
+                    out.push(format!(
+                        "{} may run before {}: {pinst} could be writable on two nodes",
+                        self.graph[*p].id, self.graph[*d].id
+                    ));
+                }
+            }
+            for f in self.graph.node_indices() {
+                if matches!(self.graph[f].kind, K::Fence { .. }) && !reach(f, *p) {
+                    out.push(format!(
+                        "{} may run before {}: {pinst} could serve while a node is not fenced yet",
+                        self.graph[*p].id, self.graph[f].id
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The actions in execution order (empty when the graph has a cycle; `order` says why).
     pub fn actions(&self) -> Vec<&Action> {
         self.order()

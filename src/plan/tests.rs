@@ -102,6 +102,7 @@ fn base_snapshot() -> crate::observed::Snapshot {
         createtxg: Some(10),
         userrefs: 1,
         used: 0,
+        written: None,
     }
 }
 
@@ -251,7 +252,10 @@ fn a_running_passive_is_stopped_before_anything_is_made_writable() {
     assert!(pos("node-b:stop_instance:staff") < pos("node-a:set_readonly:zdata/imap/staff"));
     assert!(pos("node-b:stop_instance:staff") < pos("node-a:start_instance:staff"));
     assert!(pos("node-b:stop_instance:staff") < pos("node-b:unmount:zdata/imap/staff"));
-    assert!(pos("node-b:unmount:zdata/imap/staff") < pos("node-b:set_readonly:zdata/imap/staff"));
+    // A switchover: the old copy is read-only before its final snapshot, unmounted after
+    // the send.
+    assert!(pos("node-b:set_readonly:zdata/imap/staff") < pos("node-b:snapshot:zdata/imap/staff"));
+    assert!(pos("node-b:snapshot:zdata/imap/staff") < pos("node-b:unmount:zdata/imap/staff"));
 }
 
 #[test]
@@ -550,6 +554,7 @@ fn snap(name: &str, guid: u64, at: &str, txg: u64) -> crate::observed::Snapshot 
         createtxg: Some(txg),
         userrefs: 0,
         used: 0,
+        written: None,
     }
 }
 
@@ -683,11 +688,12 @@ fn a_switchover_moves_the_mail_before_the_service() {
     };
     let steps = [
         "node-a:stop_instance:staff",
+        "node-a:wait_delivered:staff",
+        "node-a:set_readonly:zdata/imap/staff",
         "node-a:snapshot:zdata/imap/staff",
         "node-a:replicate:zdata/imap/staff->node-b",
         "controller:verify_guid:zdata/imap/staff@",
         "node-a:unmount:zdata/imap/staff",
-        "node-a:set_readonly:zdata/imap/staff",
         "node-b:set_readonly:zdata/imap/staff",
         "node-b:mount:zdata/imap/staff",
         "node-b:start_instance:staff",
@@ -773,9 +779,38 @@ fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
         })
         .unwrap()
         .clone();
+    match &mark.kind {
+        ActionKind::SetUserProperty { value: Some(v), .. } => {
+            let m = Marks::decode(v);
+            assert_eq!(m.nodes.keys().collect::<Vec<_>>(), ["node-a"]);
+            assert_eq!(
+                m.epoch,
+                now().as_second(),
+                "the record carries the promotion's time"
+            );
+        }
+        k => panic!("{k:?}"),
+    }
+    // The replay owed from the snapshot the replica is rolled back to, recorded before the
+    // rollback, cleared only after the replay.
+    let owe = pos("node-b:set_user_property:zdata/imap/students:spoolkeeper:replay");
+    assert!(owe < pos("node-b:rollback:zdata/imap/students"));
+    let restore = p.actions()[pos("controller:arch_restore:students")].clone();
     assert!(
-        matches!(&mark.kind, ActionKind::SetUserProperty { value: Some(v), .. } if v == "node-a")
+        matches!(&restore.kind, ActionKind::ArchRestore { anchor: Some(a), node: Some(n), .. } if a == BASE && n == "node-b"),
+        "{restore:?}"
     );
+    assert!(
+        pos("controller:arch_restore:students")
+            < pos("node-b:set_user_property:zdata/imap/students:spoolkeeper:replay:clear")
+    );
+    // The snapshot due on the promoted copy comes after the rollback and the start.
+    let snap = ids
+        .iter()
+        .position(|i| i.starts_with("node-b:snapshot:zdata/imap/students"));
+    if let Some(snap) = snap {
+        assert!(pos("node-b:start_instance:students") < snap);
+    }
 
     // With a fencing command: the fence runs first, then the same promotion.
     let s = spec_fencing("node-b");

@@ -61,6 +61,7 @@ fn snap(name: &str, guid: u64, min: i64) -> Snapshot {
         createtxg: Some(u64::try_from(1_000_000 - min).unwrap()),
         userrefs: 0,
         used: 0,
+        written: None,
     }
 }
 

@@ -26,7 +26,23 @@ pub enum Replay {
 /// The replay ledger: (archive queue id, original recipient).
 pub type Ledger = BTreeSet<(String, String)>;
 
-/// Replay archived mail of `instance` into the active node. `stop_after`: the controller
+/// The replay target of an `arch_restore` action, as the executor reads it.
+pub fn target_of(kind: &spoolkeeper::plan::ActionKind) -> arch_restore::Target<'_> {
+    use arch_restore::{Target, Window};
+    match kind {
+        spoolkeeper::plan::ActionKind::ArchRestore { node, anchor, .. } => Target {
+            node: node.as_deref(),
+            window: match (node, anchor) {
+                (_, Some(a)) => Window::Anchor(a),
+                (Some(_), None) => Window::Everything,
+                (None, None) => Window::Newest,
+            },
+        },
+        _ => Target::ACTIVE,
+    }
+}
+
+/// Replay archived mail of `instance` into the node that serves it. `stop_after`: the controller
 /// dies after that many messages were accepted; `last_unrecorded`: the message in flight
 /// was accepted but not recorded.
 #[allow(clippy::too_many_arguments)]
@@ -35,6 +51,7 @@ pub fn run(
     spec: &Spec,
     obs: &Observation,
     instance: &str,
+    target: arch_restore::Target<'_>,
     ctx: &Context,
     ledger: &mut Ledger,
     stop_after: Option<usize>,
@@ -42,7 +59,9 @@ pub fn run(
 ) -> Result<Replay, String> {
     let arch = spec.spec.archive.as_ref().ok_or("no archive in the spec")?;
     let template = &arch.address;
-    let active = spec.spec.active.to_string();
+    let active = target
+        .node
+        .map_or_else(|| spec.spec.active.to_string(), str::to_owned);
     if !w.nodes.get(&active).is_some_and(|n| n.reachable()) {
         return Err(format!("the active node {active} is not reachable"));
     }
@@ -69,7 +88,7 @@ pub fn run(
             message_id: Some(h.mid.clone()),
         })
         .collect();
-    let inputs = arch_restore::instance_inputs(spec, obs, &instances, ctx);
+    let inputs = arch_restore::instance_inputs(spec, obs, &instances, ctx, &active, target.window);
     // users and the SINCE date doveadm is asked for, as the shell computes them
     let none = BTreeSet::new();
     let mut since = BTreeMap::new();

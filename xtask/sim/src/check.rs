@@ -143,3 +143,38 @@ pub fn exactly_once(w: &World, spec: &Spec) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Where a message is, for tracing (`SK_SIM_TRACK=<m3@sim>`).
+pub fn whereabouts(w: &World, spec: &Spec, mid: &str) -> String {
+    let mut out = Vec::new();
+    for n in w.nodes.values() {
+        for e in n.queue.iter().filter(|e| e.mid == mid) {
+            out.push(format!(
+                "{}:queue(local {:?}, archive {:?})",
+                n.name, e.local, e.archive
+            ));
+        }
+        for c in n.copies.values() {
+            if c.live.keys().any(|k| k.0 == mid) {
+                out.push(format!("{}:{}:live", n.name, c.name));
+            }
+            let snaps: Vec<&str> = c
+                .snaps
+                .iter()
+                .filter(|s| s.content.keys().any(|k| k.0 == mid))
+                .map(|s| s.name.as_str())
+                .collect();
+            if !snaps.is_empty() {
+                out.push(format!("{}:{}@[{}]", n.name, c.name, snaps.join(" ")));
+            }
+        }
+        if n.preserved.iter().any(|p| p.keys().any(|k| k.0 == mid)) {
+            out.push(format!("{}:preserved", n.name));
+        }
+    }
+    for h in w.archive.hold.iter().filter(|h| h.mid == mid) {
+        out.push(format!("archive:{} (arrived {})", h.qid, h.arrival));
+    }
+    let _ = spec;
+    out.join(", ")
+}

@@ -370,6 +370,29 @@ pub fn run(
         ActionKind::ArchRestore { .. } => {
             Err("arch-restore is run by the simulator's replay (a bug if reached)".into())
         }
+        ActionKind::WaitDelivered { domains, .. } => {
+            node_host(w, &node)?;
+            // Postfix delivers what it can while spoolkeeper waits
+            w.deliver(spec, &node, true, false);
+            let at = |r: &str| {
+                r.rsplit_once('@')
+                    .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+            };
+            let left = node_host(w, &node)?
+                .queue
+                .iter()
+                .filter(|e| e.local.iter().any(|r| at(r)))
+                .count();
+            if left > 0 {
+                return Err(format!("{left} message(s) still queued after 60s"));
+            }
+            Ok(())
+        }
+        ActionKind::DropQueued { queue_ids, .. } => {
+            let n = node_host(w, &node)?;
+            n.queue.retain(|e| !queue_ids.contains(&e.qid));
+            Ok(())
+        }
         ActionKind::FlushQueue => {
             node_host(w, &node)?;
             w.deliver(spec, &node, false, true);
@@ -388,7 +411,14 @@ pub fn run(
                 .cloned()
                 .collect();
             for h in &purged {
-                if !proven_replicated(w, spec, h) {
+                // another held copy of the same message for the same recipient (a replay
+                // makes one) keeps protecting it
+                let other_copy = w
+                    .archive
+                    .hold
+                    .iter()
+                    .any(|x| !ids.contains(&x.qid) && x.mid == h.mid && x.rcpt == h.rcpt);
+                if !other_copy && !proven_replicated(w, spec, h) {
                     v.push(format!(
                         "a purge deleted held copy {} ({} for {}) that no snapshot on every node holds",
                         h.qid, h.mid, h.rcpt

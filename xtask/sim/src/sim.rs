@@ -148,6 +148,15 @@ impl Sim {
     }
 
     fn log(&mut self, s: String) {
+        let s = match std::env::var("SK_SIM_TRACK") {
+            Ok(mid) if !mid.is_empty() => {
+                format!(
+                    "{s}    [{mid}: {}]",
+                    check::whereabouts(&self.w, &self.spec, &mid)
+                )
+            }
+            _ => s,
+        };
         if self.verbose {
             eprintln!("[{} {}] {s}", self.step, self.w.now);
         }
@@ -300,7 +309,10 @@ impl Sim {
                 h.push(source.clone());
                 h.push(target.clone());
             }
-            ActionKind::ArchRestore { .. } => h.push("archive".into()),
+            ActionKind::ArchRestore { node, .. } => {
+                h.push("archive".into());
+                h.extend(node.clone());
+            }
             _ => {}
         }
         h
@@ -572,7 +584,7 @@ impl Sim {
     }
 
     fn run_action(&mut self, a: &Action) -> R<()> {
-        if let ActionKind::ArchRestore { instance } = &a.kind {
+        if let ActionKind::ArchRestore { instance, .. } = &a.kind {
             let obs = self.observe();
             let ctx = journal::context(&self.journal);
             return arch::run(
@@ -580,6 +592,7 @@ impl Sim {
                 &self.spec,
                 &obs,
                 instance,
+                arch::target_of(&a.kind),
                 &ctx,
                 &mut self.ledger,
                 None,
@@ -604,6 +617,13 @@ impl Sim {
         let ctx = journal::context(&self.journal);
         let spec = self.spec.clone();
         let plan = plan::plan(&spec, &obs, self.w.now, &ctx);
+        if let Some(b) = plan
+            .blocked
+            .iter()
+            .find(|b| matches!(b, spoolkeeper::plan::Blocked::Invariant { .. }))
+        {
+            return Err(format!("{b}"));
+        }
         if plan.is_blocked() {
             self.stats.blocked_applies += 1;
             let why: Vec<String> = plan.blocked.iter().map(|b| b.to_string()).collect();
@@ -655,7 +675,7 @@ impl Sim {
                     if running[&id].forced.is_some() {
                         continue;
                     }
-                    if let ActionKind::ArchRestore { instance } = &a.kind {
+                    if let ActionKind::ArchRestore { instance, .. } = &a.kind {
                         let stop = self.rng.random_range(0..4);
                         let unrecorded = self.rng.random_bool(0.5);
                         let obs = self.observe();
@@ -665,6 +685,7 @@ impl Sim {
                             &spec,
                             &obs,
                             instance,
+                            arch::target_of(&a.kind),
                             &ctx,
                             &mut self.ledger,
                             Some(stop),

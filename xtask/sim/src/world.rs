@@ -643,6 +643,7 @@ fn dataset_obs(c: &Copy, flavour: Flavour) -> Dataset {
                 createtxg: Some(s.txg),
                 userrefs: s.holds.len() as u32,
                 used: 0,
+                written: None,
             })
             .collect(),
     }

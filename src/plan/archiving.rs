@@ -1,0 +1,255 @@
+//! PDMA = 0: the archive host holds what it receives; the serving spools BCC every recipient
+//! of the instances' domains to it (planned before any instance starts: a start reads the
+//! spool's Postfix configuration); held copies proven to be in every replica are purged,
+//! after the replications of this run that prove it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Action, ActionKind, Blocked, Context, Planner, Target, dataset_name, graph};
+use crate::spec::NodeName;
+
+impl Planner<'_> {
+    pub(super) fn archive_config(&mut self, serving: &BTreeMap<String, NodeName>) {
+        let spec = self.spec;
+        let Some(arch) = &spec.spec.archive else {
+            return;
+        };
+        let template = &arch.address;
+        let mut archive_ready = Vec::new();
+
+        // The archive host: hold everything for the archive domain.
+        match self.obs.archive.as_ref() {
+            Some(a) if a.reachability.is_reachable() => {
+                if let Some(pf) = &a.postfix {
+                    let dir = pf
+                        .settings
+                        .get("config_directory")
+                        .cloned()
+                        .unwrap_or_else(|| "/etc/postfix".into());
+                    let path = format!("{dir}/{}", crate::archive::HOLD_MAP_FILE);
+                    let table = crate::archive::hold_access_map(template.archive_domain());
+                    let want =
+                        crate::archive::archive_host_settings(template.archive_domain(), &path);
+                    archive_ready = self.postfix_config(
+                        Target::Archive,
+                        pf,
+                        crate::archive::HOLD_MAP_FILE,
+                        &path,
+                        &table,
+                        &want,
+                        "the archive host must hold every copy it receives, never deliver it",
+                    );
+                }
+            }
+            _ => self.plan.note(
+                "the archive host is unreachable: copies queue on the spool and reach it once it is back; no purge this run".into(),
+            ),
+        }
+
+        // The serving spools: BCC every recipient of every instance's domains.
+        let nodes: BTreeSet<&NodeName> = serving.values().collect();
+        for active in nodes {
+            let Some(a_obs) = self.node(active) else {
+                continue;
+            };
+            let Some(pf) = a_obs.postfix.as_ref() else {
+                self.plan.note(format!(
+                    "no Postfix observed on {active}: the archive BCC cannot be checked"
+                ));
+                continue;
+            };
+            let domains: Vec<String> = spec
+                .spec
+                .instances
+                .values()
+                .flat_map(|i| i.domains.iter().cloned())
+                .collect();
+            match crate::archive::bcc_map(template, &domains) {
+                Ok(table) => {
+                    let dir = pf
+                        .settings
+                        .get("config_directory")
+                        .cloned()
+                        .unwrap_or_else(|| "/etc/postfix".into());
+                    let path = format!("{dir}/{}", crate::archive::BCC_MAP_FILE);
+                    let want = crate::archive::spool_settings(&path);
+                    let ids = self.postfix_config(
+                        Target::Node(active.to_string()),
+                        pf,
+                        crate::archive::BCC_MAP_FILE,
+                        &path,
+                        &table,
+                        &want,
+                        "every message a spool accepts is BCC'd to the archive host (PDMA = 0)",
+                    );
+                    for id in &ids {
+                        for r in &archive_ready {
+                            self.plan.edge(*r, *id);
+                        }
+                    }
+                }
+                Err(e) => self
+                    .plan
+                    .note(format!("archive BCC map not generated: {e}")),
+            }
+        }
+    }
+
+    /// Plan a Postfix table and settings on one host; returns the ids to wait for.
+    #[allow(clippy::too_many_arguments)]
+    fn postfix_config(
+        &mut self,
+        host: Target,
+        pf: &crate::observed::PostfixObservation,
+        file: &str,
+        path: &str,
+        table: &str,
+        want: &BTreeMap<String, String>,
+        why: &str,
+    ) -> Vec<graph::Id> {
+        let mut ids = Vec::new();
+        let table_changed = pf.files.get(file).map(String::as_str) != Some(table);
+        if table_changed {
+            ids.push(self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::WriteFile {
+                    path: path.into(),
+                    content: table.into(),
+                },
+                format!(
+                    "{why}: {path} is {}",
+                    if pf.files.contains_key(file) {
+                        "out of date"
+                    } else {
+                        "missing"
+                    }
+                ),
+            )));
+        }
+        let drift: BTreeMap<String, String> = want
+            .iter()
+            .filter(|(k, v)| pf.settings.get(*k).map(|s| s.trim()) != Some(v.trim()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if table_changed || !drift.is_empty() {
+            let id = self.plan.add(Action::new(
+                host,
+                ActionKind::Postconf {
+                    settings: drift.clone(),
+                    reload: true,
+                },
+                if drift.is_empty() {
+                    format!("{why}: Postfix must read the new {file}")
+                } else {
+                    format!(
+                        "{why}: {} differ",
+                        drift.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                },
+            ));
+            for i in &ids {
+                self.plan.edge(*i, id);
+            }
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Delete held copies older than the watermark of the least advanced replica, as it will
+    /// be once this run's replications are done (the purge waits for them and is skipped
+    /// when one fails). Nothing for an instance while a replay of the archive is owed to it:
+    /// the copies it needs are exactly the ones a purge would take.
+    pub(super) fn purge(&mut self, serving: &BTreeMap<String, NodeName>) {
+        let spec = self.spec;
+        let Some(arch) = &spec.spec.archive else {
+            return;
+        };
+        let Some(a) = self
+            .obs
+            .archive
+            .as_ref()
+            .filter(|a| a.reachability.is_reachable())
+        else {
+            return;
+        };
+        let Some(pf) = &a.postfix else { return };
+        let held: Vec<crate::observed::QueueEntry> = pf.held().cloned().collect();
+        if held.is_empty() {
+            return;
+        }
+        let margin = arch.margin.as_signed();
+        for (name, inst) in &spec.spec.instances {
+            let Some(active) = serving.get(name.as_str()) else {
+                continue;
+            };
+            if self.replay_owed.contains(name.as_str()) {
+                self.plan.note(format!(
+                    "{name}: no purge of the archive while a replay of it is owed"
+                ));
+                continue;
+            }
+            let Some(a_obs) = self.node(active) else {
+                continue;
+            };
+            let Some(ds) = dataset_name(spec, active, inst.dataset.as_str()) else {
+                continue;
+            };
+            let replicas = self.bases.get(name.as_str()).cloned().unwrap_or_default();
+            let others = spec.spec.nodes.keys().filter(|n| *n != active).count();
+            if replicas.len() < others || replicas.iter().any(|r| r.base.is_none()) {
+                self.plan.note(format!(
+                    "{name}: no purge of the archive: a replica is missing, unreachable or not replicated"
+                ));
+                continue;
+            }
+            let least = replicas
+                .iter()
+                .filter_map(|r| r.base.clone())
+                .min_by(crate::retention::age_order);
+            let backlog = least
+                .as_ref()
+                .and_then(|b| {
+                    self.planned_backlogs
+                        .get(&Context::backlog_key(&ds, &b.name))
+                        .copied()
+                        .or_else(|| self.ctx.backlog(&ds, &b.name))
+                })
+                .unwrap_or_default();
+            match crate::archive::watermark_with(
+                least.as_ref(),
+                backlog,
+                a_obs.capabilities.clock_offset_ms,
+                a.capabilities.clock_offset_ms,
+                a.capabilities.clock_uncertainty_ms,
+                margin,
+            ) {
+                Err(refusal) => self.plan.note(format!("{name}: {refusal}")),
+                Ok(w) => {
+                    let purge = crate::archive::purge_set(&w, &held, &inst.domains, &arch.address);
+                    if purge.is_empty() {
+                        continue;
+                    }
+                    let id = self.plan.add(Action::new(
+                        Target::Archive,
+                        ActionKind::PurgeArchive {
+                            instance: name.to_string(),
+                            queue_ids: purge.iter().map(|p| p.queue_id.clone()).collect(),
+                            watermark: format!("watermark {} from {}", w.at, w.snapshot),
+                        },
+                        format!(
+                            "{} held copie(s) arrived before the watermark minus the margin: {}",
+                            purge.len(),
+                            w.explain
+                        ),
+                    ));
+                    for r in replicas.iter().filter_map(|r| r.after) {
+                        self.plan.edge(r, id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: Blocked) {}

@@ -1,0 +1,276 @@
+//! A node that comes back after a failover (named in the serving copy's
+//! `spoolkeeper:resync`): its writes since the common snapshot are saved to a stream file on
+//! it, it is rolled back to that snapshot and resynced incrementally (phase 1); then its
+//! queued archive copies are handed to the archive host, what it accepted is replayed into
+//! the serving node exactly once, and its queued deliveries of the instance, covered by the
+//! replay, are deleted so that they are never delivered twice (phase 2).
+
+use super::{
+    Action, ActionKind, Blocked, Marks, Planner, RESYNC_PROPERTY, ResyncPhase, Target, graph,
+};
+use crate::observed::{Dataset, Snapshot};
+use crate::spec::{Instance, NodeName};
+
+impl Planner<'_> {
+    /// Phase 1. Returns the replication step's id.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn resync(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        ds: &str,
+        source: &[Snapshot],
+        t: &Dataset,
+        after_snapshot: &[graph::Id],
+        update: &mut MarksUpdate,
+    ) -> Option<graph::Id> {
+        let Some(base) = crate::replication::common_base(source, &t.snapshots).cloned() else {
+            self.plan.block(Blocked::Replication {
+                instance: name.into(),
+                node: other.to_string(),
+                conflict: crate::replication::Conflict::NoCommonSnapshot {
+                    source_newest: source.last().cloned()?,
+                    target_snapshots: t.snapshots.clone(),
+                },
+            });
+            return None;
+        };
+        let to = source.last().cloned()?;
+        let host = Target::Node(other.to_string());
+        let stamp = crate::retention::snapshot_name("x", self.now);
+        let stamp = stamp.trim_start_matches("x_");
+        let preserve_snap = format!("spoolkeeper-preserve-{stamp}");
+        let file = format!(
+            "/var/db/spoolkeeper/preserved/{}@{}-to-{preserve_snap}.zstream",
+            t.name.replace('/', "_"),
+            base.name
+        );
+        let stop = self.plan.id_of(&format!("{other}:stop_instance:{name}"));
+        let preserve = self.plan.add(Action::new(
+            host.clone(),
+            ActionKind::PreserveDelta {
+                dataset: t.name.clone(),
+                base: base.name.clone(),
+                snapshot: preserve_snap.clone(),
+                file: file.clone(),
+            },
+            format!(
+                "{other} was active until the failover: whatever it wrote after @{} is kept in {file} on {other} before anything is rolled back",
+                base.name
+            ),
+        ));
+        if let Some(s) = stop {
+            self.plan.edge(s, preserve);
+        }
+        // Its later snapshots go with the rollback; spoolkeeper's holds on them (an old
+        // replication base) would stop it. Their content is in the saved delta.
+        let mut releases = Vec::new();
+        let base_pos = t.snapshots.iter().position(|s| s.guid == base.guid);
+        for s in t
+            .snapshots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| base_pos.is_some_and(|b| *i > b) && s.userrefs > 0)
+            .map(|(_, s)| s)
+        {
+            let id = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::Release {
+                    dataset: t.name.clone(),
+                    snapshot: s.name.clone(),
+                },
+                format!(
+                    "@{} goes with the rollback of {other} to @{} (its data is in the saved delta)",
+                    s.name, base.name
+                ),
+            ));
+            self.plan.edge(preserve, id);
+            releases.push(id);
+        }
+        let rollback = self.plan.add(Action::new(
+            host,
+            ActionKind::Rollback {
+                dataset: t.name.clone(),
+                snapshot: base.name.clone(),
+                destroy_later: true,
+            },
+            format!(
+                "{other} resumes as a replica from the common base @{} (no full resend)",
+                base.name
+            ),
+        ));
+        self.plan.edge(preserve, rollback);
+        for r in releases {
+            self.plan.edge(r, rollback);
+        }
+        let action = self.replicate_action(
+            name,
+            active,
+            ds,
+            other,
+            &t.name,
+            Some(&base.name),
+            &to.name,
+            (None, false),
+            format!(
+                "replication {active} -> {other} resumes incrementally from @{}",
+                base.name
+            ),
+        );
+        let repl = self.plan.add(action);
+        self.plan.edge(rollback, repl);
+        for d in after_snapshot {
+            self.plan.edge(*d, repl);
+        }
+        update
+            .next
+            .nodes
+            .insert(other.to_string(), ResyncPhase::Synced);
+        update.after.push(repl);
+        update.why.push(format!(
+            "{other}'s replica is resynced; its queued mail is handed over next"
+        ));
+        Some(repl)
+    }
+
+    /// Phase 2: the returning node's queue hands its archive copies over, then they are
+    /// replayed into the serving node exactly once, its queued deliveries of the instance are
+    /// deleted, then the resync record is cleared.
+    pub(super) fn resync_drain(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        inst: &Instance,
+        update: &mut MarksUpdate,
+    ) {
+        let spec = self.spec;
+        let archive_domain = spec
+            .spec
+            .archive
+            .as_ref()
+            .map(|a| a.address.archive_domain().to_ascii_lowercase());
+        let at = |addr: &str, domain: &str| {
+            addr.rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        };
+        let queue = self
+            .node(other)
+            .and_then(|o| o.postfix.as_ref())
+            .map(|p| p.queue.clone());
+        let Some(queue) = queue else {
+            self.plan.note(format!(
+                "{name}: {other}'s Postfix queue was not observed: its mail is replayed once it is"
+            ));
+            return;
+        };
+        let pending_copies = queue
+            .iter()
+            .filter(|e| {
+                e.recipients
+                    .iter()
+                    .any(|r| archive_domain.as_ref().is_some_and(|ad| at(&r.address, ad)))
+            })
+            .count();
+        if pending_copies > 0 {
+            self.plan.add(Action::new(
+                Target::Node(other.to_string()),
+                ActionKind::FlushQueue,
+                format!("{pending_copies} archive copie(s) accepted by {other} before the failover are still in its queue: hand them to the archive host"),
+            ));
+            self.plan.note(format!(
+                "{name}: waiting for {other}'s queue to reach the archive before replaying it into {active}"
+            ));
+            return;
+        }
+        // Deliveries of the instance still queued there: never to be delivered on that node
+        // any more (it is passive); the replay puts their messages into the serving copy.
+        let stale: Vec<String> = queue
+            .iter()
+            .filter(|e| {
+                !e.recipients.is_empty()
+                    && e.recipients
+                        .iter()
+                        .all(|r| inst.domains.iter().any(|d| at(&r.address, d)))
+            })
+            .map(|e| e.queue_id.clone())
+            .collect();
+        let mut last = None;
+        if spec.spec.archive.is_some() {
+            last = Some(self.plan.add(Action::new(
+                Target::Controller,
+                ActionKind::ArchRestore {
+                    instance: name.into(),
+                    node: Some(active.to_string()),
+                    anchor: None,
+                },
+                format!("mail {other} accepted before it failed reached the archive: replay what {active} lacks"),
+            )));
+            self.replay_owed.insert(name.to_owned());
+            if !stale.is_empty() {
+                let drop = self.plan.add(Action::new(
+                    Target::Node(other.to_string()),
+                    ActionKind::DropQueued {
+                        instance: name.into(),
+                        queue_ids: stale,
+                    },
+                    format!("{other} is passive: its queued deliveries of {name} are in {active}'s mailbox once replayed, and must never be delivered again"),
+                ));
+                if let Some(l) = last {
+                    self.plan.edge(l, drop);
+                }
+                last = Some(drop);
+            }
+        }
+        update.next.nodes.remove(other.as_str());
+        update.after.extend(last);
+        update
+            .why
+            .push(format!("{other} is resynced and its mail replayed"));
+    }
+
+    /// Write the resync record once for all the nodes this run moved on, after the steps
+    /// that moved them (a failed step keeps its node's phase for the next run).
+    pub(super) fn write_marks(
+        &mut self,
+        active: &NodeName,
+        ds: &str,
+        was: &Marks,
+        update: MarksUpdate,
+    ) {
+        if update.next == *was {
+            return;
+        }
+        let value = update.next.encode();
+        let id = self.plan.add(Action::new(
+            Target::Node(active.to_string()),
+            ActionKind::SetUserProperty {
+                dataset: ds.to_string(),
+                property: RESYNC_PROPERTY.into(),
+                value,
+            },
+            update.why.join("; "),
+        ));
+        for a in update.after {
+            self.plan.edge(a, id);
+        }
+    }
+}
+
+/// The changes to a resync record planned this run.
+pub(super) struct MarksUpdate {
+    pub next: Marks,
+    pub after: Vec<graph::Id>,
+    pub why: Vec<String>,
+}
+
+impl MarksUpdate {
+    pub fn new(marks: &Marks) -> MarksUpdate {
+        MarksUpdate {
+            next: marks.clone(),
+            after: Vec::new(),
+            why: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Planned move of an instance from the node holding its live copy to the spec's active
+//! node: stop → every queued delivery done → old copy read-only → final snapshot →
+//! incremental send → guid verified → old copy unmounted → new copy writable and mounted →
+//! start. The old copy is read-only before its final snapshot, so nothing can be written to
+//! it that the snapshot lacks.
+
+use super::{Action, ActionKind, Blocked, Plan, Planner, Target, dataset_name, graph};
+use crate::observed::{Dataset, RunState, Snapshot};
+use crate::spec::{Instance, NodeName};
+
+impl Planner<'_> {
+    /// Returns false when blocked.
+    pub(super) fn switchover(
+        &mut self,
+        active: &NodeName,
+        old: &NodeName,
+        name: &str,
+        inst: &Instance,
+        replica: &Dataset,
+    ) -> bool {
+        let spec = self.spec;
+        let Some(o) = self.node(old) else {
+            return false;
+        };
+        let Some(src_name) = dataset_name(spec, old, inst.dataset.as_str()) else {
+            return false;
+        };
+        let Some(src) = o.dataset(&src_name) else {
+            self.plan.block(Blocked::InstanceStateUnknown {
+                instance: name.into(),
+                node: old.to_string(),
+                detail: "it runs the instance but has no dataset".into(),
+            });
+            return false;
+        };
+        // Other nodes out of sight must be fenced too (never two actives).
+        for n in spec.spec.nodes.keys().filter(|n| *n != active && *n != old) {
+            if !self.reachable(n) && !self.is_fenced(n) {
+                self.plan.block(Blocked::OtherNodeNotFenced {
+                    instance: name.into(),
+                    node: n.to_string(),
+                    why: self.why_unreachable(n),
+                });
+                return false;
+            }
+        }
+        let Some(base) =
+            crate::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
+        else {
+            self.plan.block(Blocked::Replication {
+                instance: name.into(),
+                node: active.to_string(),
+                conflict: crate::replication::Conflict::NoCommonSnapshot {
+                    source_newest: src.snapshots.last().cloned().unwrap_or(Snapshot {
+                        name: "-".into(),
+                        guid: 0,
+                        creation: self.now,
+                        createtxg: None,
+                        userrefs: 0,
+                        used: 0,
+                        written: None,
+                    }),
+                    target_snapshots: replica.snapshots.clone(),
+                },
+            });
+            return false;
+        };
+        let from = Target::Node(old.to_string());
+        let to_host = Target::Node(active.to_string());
+        let mut last: Option<graph::Id> = None;
+        let chain = |p: &mut Plan, last: &mut Option<graph::Id>, id: graph::Id| {
+            if let Some(l) = *last {
+                p.edge(l, id);
+            }
+            *last = Some(id);
+        };
+        // The replica must not have moved on by itself. Snapshots spoolkeeper took on it
+        // while it held nothing new (ZFS says nothing was written since the common one) are
+        // not a divergence: they go, with a rollback to the common snapshot.
+        let replica_only: Vec<Snapshot> =
+            crate::replication::ahead(&src.snapshots, &replica.snapshots);
+        if !replica_only.is_empty() {
+            let prefix = spec.spec.snapshots.prefix.as_str();
+            let never_served = replica_only.iter().all(|s| {
+                crate::retention::parse_owned(prefix, &s.name).is_some()
+                    && s.written == Some(0)
+                    && s.userrefs == 0
+            }) && replica
+                .other_properties
+                .get("written")
+                .is_some_and(|w| w == "0");
+            if !never_served {
+                self.plan.block(Blocked::Replication {
+                    instance: name.into(),
+                    node: active.to_string(),
+                    conflict: crate::replication::Conflict::Diverged {
+                        base,
+                        target_only: replica_only,
+                    },
+                });
+                return false;
+            }
+            let id = self.plan.add(Action::new(
+                to_host.clone(),
+                ActionKind::Rollback {
+                    dataset: replica.name.clone(),
+                    snapshot: base.name.clone(),
+                    destroy_later: true,
+                },
+                format!(
+                    "{} on {active} hold nothing written after @{} (ZFS reports 0 bytes written): they go, so the replica takes the final snapshot",
+                    replica_only
+                        .iter()
+                        .map(|s| format!("@{}", s.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    base.name
+                ),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let running = o
+            .instances
+            .get(name)
+            .is_some_and(|s| s.state != RunState::Stopped);
+        if running {
+            let id = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::StopInstance {
+                    instance: name.into(),
+                },
+                format!("switchover of {name} to {active}: the service pauses here, no message can arrive on {old} any more"),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let wait = self.plan.add(Action::new(
+            from.clone(),
+            ActionKind::WaitDelivered {
+                instance: name.into(),
+                domains: inst.domains.clone(),
+            },
+            format!("every message {old} accepted for {name} must be in its copy before the final snapshot"),
+        ));
+        chain(&mut self.plan, &mut last, wait);
+        if src.readonly != Some(true) {
+            let ro = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::SetReadonly {
+                    dataset: src_name.clone(),
+                    readonly: true,
+                },
+                format!(
+                    "{old} becomes passive: its copy is read-only before its final snapshot, so nothing is written to it that the snapshot lacks"
+                ),
+            ));
+            chain(&mut self.plan, &mut last, ro);
+        }
+        let final_name = self.fresh_snapshot_name(&src.snapshots);
+        let snap = self.snapshot_action(
+            old,
+            inst,
+            &src_name,
+            &final_name,
+            format!("final snapshot of {name} on {old}: everything it accepted is in it"),
+        );
+        chain(&mut self.plan, &mut last, snap);
+        let action = self.replicate_action(
+            name,
+            old,
+            &src_name,
+            active,
+            &replica.name,
+            Some(&base.name),
+            &final_name,
+            (None, false),
+            format!("bring {active}'s replica of {name} up to the final snapshot"),
+        );
+        let repl = self.plan.add(action);
+        chain(&mut self.plan, &mut last, repl);
+        let verify = self.plan.add(Action::new(
+            Target::Controller,
+            ActionKind::VerifyGuid {
+                source: old.to_string(),
+                source_dataset: src_name.clone(),
+                target: active.to_string(),
+                target_dataset: replica.name.clone(),
+                snapshot: final_name.clone(),
+            },
+            "the new active must hold exactly what the old one had (zero loss by construction)"
+                .to_string(),
+        ));
+        chain(&mut self.plan, &mut last, verify);
+        if src.mounted == Some(true) {
+            let id = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::Unmount {
+                    dataset: src_name.clone(),
+                },
+                format!("{old} becomes passive: its copy stays unmounted"),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let rw = self.plan.add(Action::new(
+            to_host.clone(),
+            ActionKind::SetReadonly {
+                dataset: replica.name.clone(),
+                readonly: false,
+            },
+            format!("{active} is the active node: its copy of {name} must be writable"),
+        ));
+        chain(&mut self.plan, &mut last, rw);
+        if replica.mounted != Some(true) {
+            let id = self.plan.add(Action::new(
+                to_host.clone(),
+                ActionKind::Mount {
+                    dataset: replica.name.clone(),
+                },
+                format!("{name} serves mail from {}", replica.name),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        let start = self.plan.add(Action::new(
+            to_host,
+            ActionKind::StartInstance {
+                instance: name.into(),
+            },
+            format!("{active} is the active node of {name}: the service resumes here"),
+        ));
+        chain(&mut self.plan, &mut last, start);
+        true
+    }
+}
