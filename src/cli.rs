@@ -418,9 +418,25 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
         .state_dir
         .clone()
         .unwrap_or_else(ex::journal::default_state_dir);
-    let ctx = ex::journal::context(&ex::journal::Journal::read(&state_dir, s.name.as_str()));
+    let mut ctx = ex::journal::context(&ex::journal::Journal::read(&state_dir, s.name.as_str()));
     let conns = crate::observe::connect(s).await;
     let obs = crate::observe::observe(s, &conns).await;
+    if apply.is_some() && apply.is_some_and(|a| a.saved.is_none()) {
+        // A fenced node seen again proves nothing any more, whatever this run's plan is.
+        let seen = ex::journal::fences_seen_back(&ctx, &obs);
+        if !seen.is_empty() {
+            match ex::journal::Journal::open(&state_dir, s.name.as_str()) {
+                Ok(mut j) => {
+                    for a in &seen {
+                        if j.record_done(a).is_ok() {
+                            ctx.learn(a);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot journal the fences seen back"),
+            }
+        }
+    }
     tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
     let mut p = plan::plan(s, &obs, jiff::Timestamp::now(), &ctx);
     if let Err(e) = p.order() {

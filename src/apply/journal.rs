@@ -121,6 +121,32 @@ impl Journal {
     }
 }
 
+/// The fences that a fresh observation disproves: nodes proven fenced by a fencing command
+/// that are reachable now. A fence proves a node cannot serve only until it comes back; that
+/// it came back must be remembered even when the plan of this run is blocked and not run (a
+/// node seen up, then cut again, is not fenced any more), so `apply` journals these before
+/// it plans, as completed `forget_fence` actions.
+pub fn fences_seen_back(
+    ctx: &crate::plan::Context,
+    obs: &crate::observed::Observation,
+) -> Vec<crate::plan::Action> {
+    ctx.fenced_by_command
+        .iter()
+        .filter(|n| {
+            obs.nodes
+                .get(n.as_str())
+                .is_some_and(|o| o.reachability.is_reachable())
+        })
+        .map(|n| {
+            crate::plan::Action::new(
+                crate::plan::Target::Controller,
+                crate::plan::ActionKind::ForgetFence { node: n.clone() },
+                format!("{n} is reachable again: a later failover must fence it again"),
+            )
+        })
+        .collect()
+}
+
 /// What the planner must know from past applies: the journal folded through
 /// [`crate::plan::Context::learn`].
 pub fn context(records: &[Record]) -> crate::plan::Context {

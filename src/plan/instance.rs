@@ -70,7 +70,9 @@ impl Planner<'_> {
                         return running;
                     };
                     let ahead = !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty();
-                    running || od.readonly == Some(false) || ahead
+                    // written after its newest snapshot (where ZFS says): mail the replica lacks
+                    let written = od.other_properties.get("written").is_some_and(|w| w != "0");
+                    running || od.readonly == Some(false) || ahead || written
                 })
                 .cloned()
                 .collect();
@@ -368,9 +370,8 @@ impl Planner<'_> {
     }
 
     /// Before a replica is made writable in a failover: record durably which nodes must be
-    /// resynced and from which snapshot a replay is owed, discard an interrupted receive, and
-    /// roll back to the newest complete snapshot (a replica has nothing after it; nothing is
-    /// destroyed). Returns the steps and the replay anchor (`None` when no failover).
+    /// resynced and from which snapshot (its newest) a replay is owed, and discard an
+    /// interrupted receive. Returns the steps and the replay anchor (`None` when no failover).
     fn failover_steps(
         &mut self,
         active: &NodeName,
@@ -443,7 +444,7 @@ impl Planner<'_> {
         };
         if d.receive_resume_token.is_some() {
             let a = self.plan.add(Action::new(
-                host.clone(),
+                host,
                 ActionKind::AbortReceive {
                     dataset: d.name.clone(),
                 },
@@ -453,23 +454,10 @@ impl Planner<'_> {
                 self.plan.edge(l, a);
             }
             ids.push(a);
-            last = Some(a);
         }
-        if let Some(newest) = &newest {
-            let a = self.plan.add(Action::new(
-                host,
-                ActionKind::Rollback {
-                    dataset: d.name.clone(),
-                    snapshot: newest.clone(),
-                    destroy_later: false,
-                },
-                format!("{name} starts from the newest complete replicated snapshot"),
-            ));
-            if let Some(l) = last {
-                self.plan.edge(l, a);
-            }
-            ids.push(a);
-        }
+        // No rollback: a replica holds nothing after its newest snapshot, and whatever a copy
+        // holds after it (an interrupted switchover's old active) is mail, kept; the replay
+        // from the anchor finds it present and does not deliver it again.
         (ids, anchor)
     }
 

@@ -100,6 +100,8 @@ impl Planner<'_> {
         let mut prune_active = true;
         let mut before_prune_active: Vec<graph::Id> = after_snapshot.clone();
         let mut replicas: Vec<ReplicaBase> = Vec::new();
+        let mut active_bases: Vec<(Snapshot, Vec<graph::Id>)> = Vec::new();
+        let mut all_bases_known = true;
         // The record as it will be after this run's failover steps, if they rewrite it.
         let planned = self
             .plan
@@ -117,6 +119,7 @@ impl Planner<'_> {
             if !self.reachable(other) {
                 // Its base is unknown: pruning here could destroy it.
                 prune_active = false;
+                all_bases_known = false;
                 replicas.push(ReplicaBase {
                     base: None,
                     after: None,
@@ -152,6 +155,7 @@ impl Planner<'_> {
                         before_prune_active.push(id);
                     }
                     prune_active = false;
+                    all_bases_known = false;
                     replicas.push(ReplicaBase {
                         base: None,
                         after: None,
@@ -185,6 +189,7 @@ impl Planner<'_> {
                 }
                 crate::replication::ReplicationStep::Conflict(conflict) => {
                     prune_active = false;
+                    all_bases_known = false;
                     self.plan.block(Blocked::Replication {
                         instance: name.into(),
                         node: other.to_string(),
@@ -264,72 +269,24 @@ impl Planner<'_> {
                 after: repl_id,
             });
 
-            // 3. Holds on the base, both sides: hold the new one before releasing the old.
+            // 3. Holds on the base: on the replica here, on the serving copy once every
+            //    replica's base is known (it keeps one per replica).
             if let Some(nb) = &new_base {
-                for (node, dset, snaps) in [
-                    (active.as_str(), ds.as_str(), source.as_slice()),
-                    (other.as_str(), tds.as_str(), target_snaps.unwrap_or(&[])),
-                ] {
-                    let held: Vec<Snapshot> = snaps
-                        .iter()
-                        .filter(|s| {
-                            self.ctx
-                                .held
-                                .contains(&Context::hold_key(node, dset, &s.name))
-                        })
-                        .cloned()
-                        .collect();
-                    let mut moves = crate::replication::hold_moves(&held, Some(nb));
-                    // A snapshot made this run has no guid yet: compare by name too. A base that
-                    // already carries a hold (ours from a lost journal, or anyone's) is
-                    // protected as it is: holding it again would fail.
-                    let already_held = snaps
-                        .iter()
-                        .any(|s| (s.guid == nb.guid || s.name == nb.name) && s.userrefs > 0);
-                    if held.iter().any(|s| s.name == nb.name) || already_held {
-                        moves.hold = None;
-                    }
-                    let h = Target::Node(node.to_string());
-                    let mut hold_id = None;
-                    if let Some(hs) = &moves.hold {
-                        let id = self.plan.add(Action::new(
-                            h.clone(),
-                            ActionKind::Hold {
-                                dataset: dset.to_string(),
-                                snapshot: hs.name.clone(),
-                            },
-                            "the replication base is held so that nothing can destroy it"
-                                .to_string(),
-                        ));
-                        if let Some(r) = repl_id {
-                            self.plan.edge(r, id);
-                        } else if node == active.as_str() {
-                            for d in &after_snapshot {
-                                self.plan.edge(*d, id);
-                            }
-                        }
-                        hold_id = Some(id);
-                        if node == active.as_str() {
-                            before_prune_active.push(id);
-                        }
-                    }
-                    for r in moves.release.iter().filter(|r| r.name != nb.name) {
-                        let id = self.plan.add(Action::new(
-                            h.clone(),
-                            ActionKind::Release {
-                                dataset: dset.to_string(),
-                                snapshot: r.name.clone(),
-                            },
-                            format!("the replication base moved to {}", nb.name),
-                        ));
-                        if let Some(hid) = hold_id.or(repl_id) {
-                            self.plan.edge(hid, id);
-                        }
-                        if node == active.as_str() {
-                            before_prune_active.push(id);
-                        }
-                    }
-                }
+                let after: Vec<graph::Id> = match repl_id {
+                    Some(r) => vec![r],
+                    None => after_snapshot.clone(),
+                };
+                active_bases.push((nb.clone(), after));
+                let bases = [(nb.clone(), repl_id.into_iter().collect::<Vec<_>>())];
+                self.holds(
+                    other.as_str(),
+                    &tds,
+                    target_snaps.unwrap_or(&[]),
+                    &bases,
+                    true,
+                );
+            } else {
+                all_bases_known = false;
             }
 
             // 4. Retention on the replica (its observed snapshots; new ones arrive later).
@@ -364,6 +321,15 @@ impl Planner<'_> {
             }
         }
         self.bases.insert(name.to_owned(), replicas);
+        if !active_bases.is_empty() {
+            before_prune_active.extend(self.holds(
+                active.as_str(),
+                &ds,
+                &source,
+                &active_bases,
+                all_bases_known,
+            ));
+        }
         self.write_marks(active, &ds, &marks, update);
 
         // 5. Retention on the serving copy.
@@ -401,5 +367,87 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+
+    /// spoolkeeper's holds on one copy: every base in `bases` is held (after the steps that
+    /// bring it there), then, when `release` says every base of this copy is known, every
+    /// other snapshot it holds is released. A hold is only moved, never dropped: with an
+    /// unknown base nothing is released. Returns the ids (retention waits for them).
+    fn holds(
+        &mut self,
+        node: &str,
+        dset: &str,
+        snaps: &[Snapshot],
+        bases: &[(Snapshot, Vec<graph::Id>)],
+        release: bool,
+    ) -> Vec<graph::Id> {
+        let held: Vec<Snapshot> = snaps
+            .iter()
+            .filter(|s| {
+                self.ctx
+                    .held
+                    .contains(&Context::hold_key(node, dset, &s.name))
+            })
+            .cloned()
+            .collect();
+        let is_base = |s: &Snapshot| {
+            bases
+                .iter()
+                .any(|(b, _)| (b.guid != 0 && b.guid == s.guid) || b.name == s.name)
+        };
+        let host = Target::Node(node.to_string());
+        let mut ids = Vec::new();
+        let mut holds = Vec::new();
+        for (b, after) in bases {
+            // A snapshot made this run has no guid yet: compare by name too. A base that
+            // already carries a hold (ours from a lost journal, or anyone's) is protected as
+            // it is: holding it again would fail.
+            let ours = held
+                .iter()
+                .any(|s| s.name == b.name || (b.guid != 0 && s.guid == b.guid));
+            let anyone = snaps
+                .iter()
+                .any(|s| (s.name == b.name || (b.guid != 0 && s.guid == b.guid)) && s.userrefs > 0);
+            if ours || anyone {
+                continue;
+            }
+            let id = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::Hold {
+                    dataset: dset.to_string(),
+                    snapshot: b.name.clone(),
+                },
+                "the replication base is held so that nothing can destroy it".to_string(),
+            ));
+            for a in after {
+                self.plan.edge(*a, id);
+            }
+            holds.push(id);
+            ids.push(id);
+        }
+        if !release {
+            return ids;
+        }
+        let names: Vec<String> = bases.iter().map(|(b, _)| b.name.clone()).collect();
+        for r in held.iter().filter(|s| !is_base(s)) {
+            let id = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::Release {
+                    dataset: dset.to_string(),
+                    snapshot: r.name.clone(),
+                },
+                format!("the replication base moved to {}", names.join(", ")),
+            ));
+            for h in &holds {
+                self.plan.edge(*h, id);
+            }
+            for (_, after) in bases {
+                for a in after {
+                    self.plan.edge(*a, id);
+                }
+            }
+            ids.push(id);
+        }
+        ids
     }
 }

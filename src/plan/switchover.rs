@@ -1,8 +1,10 @@
 //! Planned move of an instance from the node holding its live copy to the spec's active
-//! node: stop → every queued delivery done → old copy read-only → final snapshot →
+//! node: stop → every queued delivery of it done → final snapshot → old copy read-only →
 //! incremental send → guid verified → old copy unmounted → new copy writable and mounted →
-//! start. The old copy is read-only before its final snapshot, so nothing can be written to
-//! it that the snapshot lacks.
+//! start. Once stopped (its service address gone) and its queue empty for the instance, the
+//! old copy receives nothing more: the final snapshot holds everything it accepted. An
+//! interruption anywhere leaves the old copy writable or ahead, so the next apply resumes the
+//! switchover from it.
 
 use super::{Action, ActionKind, Blocked, Plan, Planner, Target, dataset_name, graph};
 use crate::observed::{Dataset, RunState, Snapshot};
@@ -142,19 +144,6 @@ impl Planner<'_> {
             format!("every message {old} accepted for {name} must be in its copy before the final snapshot"),
         ));
         chain(&mut self.plan, &mut last, wait);
-        if src.readonly != Some(true) {
-            let ro = self.plan.add(Action::new(
-                from.clone(),
-                ActionKind::SetReadonly {
-                    dataset: src_name.clone(),
-                    readonly: true,
-                },
-                format!(
-                    "{old} becomes passive: its copy is read-only before its final snapshot, so nothing is written to it that the snapshot lacks"
-                ),
-            ));
-            chain(&mut self.plan, &mut last, ro);
-        }
         let final_name = self.fresh_snapshot_name(&src.snapshots);
         let snap = self.snapshot_action(
             old,
@@ -164,6 +153,19 @@ impl Planner<'_> {
             format!("final snapshot of {name} on {old}: everything it accepted is in it"),
         );
         chain(&mut self.plan, &mut last, snap);
+        if src.readonly != Some(true) {
+            let ro = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::SetReadonly {
+                    dataset: src_name.clone(),
+                    readonly: true,
+                },
+                format!(
+                    "{old} becomes passive: its copy must be read-only (never two writable copies)"
+                ),
+            ));
+            chain(&mut self.plan, &mut last, ro);
+        }
         let action = self.replicate_action(
             name,
             old,

@@ -252,10 +252,11 @@ fn a_running_passive_is_stopped_before_anything_is_made_writable() {
     assert!(pos("node-b:stop_instance:staff") < pos("node-a:set_readonly:zdata/imap/staff"));
     assert!(pos("node-b:stop_instance:staff") < pos("node-a:start_instance:staff"));
     assert!(pos("node-b:stop_instance:staff") < pos("node-b:unmount:zdata/imap/staff"));
-    // A switchover: the old copy is read-only before its final snapshot, unmounted after
-    // the send.
-    assert!(pos("node-b:set_readonly:zdata/imap/staff") < pos("node-b:snapshot:zdata/imap/staff"));
-    assert!(pos("node-b:snapshot:zdata/imap/staff") < pos("node-b:unmount:zdata/imap/staff"));
+    // A switchover: the old copy's queue is drained before its final snapshot; it is
+    // read-only before the send and unmounted after it.
+    assert!(pos("node-b:wait_delivered:staff") < pos("node-b:snapshot:zdata/imap/staff"));
+    assert!(pos("node-b:snapshot:zdata/imap/staff") < pos("node-b:set_readonly:zdata/imap/staff"));
+    assert!(pos("node-b:set_readonly:zdata/imap/staff") < pos("node-b:unmount:zdata/imap/staff"));
 }
 
 #[test]
@@ -689,8 +690,8 @@ fn a_switchover_moves_the_mail_before_the_service() {
     let steps = [
         "node-a:stop_instance:staff",
         "node-a:wait_delivered:staff",
-        "node-a:set_readonly:zdata/imap/staff",
         "node-a:snapshot:zdata/imap/staff",
+        "node-a:set_readonly:zdata/imap/staff",
         "node-a:replicate:zdata/imap/staff->node-b",
         "controller:verify_guid:zdata/imap/staff@",
         "node-a:unmount:zdata/imap/staff",
@@ -762,7 +763,7 @@ fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
     };
     for w in [
         "node-b:set_user_property:zdata/imap/students:spoolkeeper:resync",
-        "node-b:rollback:zdata/imap/students",
+        "node-b:set_user_property:zdata/imap/students:spoolkeeper:replay",
         "node-b:set_readonly:zdata/imap/students",
         "node-b:start_instance:students",
         "controller:arch_restore:students",
@@ -791,10 +792,9 @@ fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
         }
         k => panic!("{k:?}"),
     }
-    // The replay owed from the snapshot the replica is rolled back to, recorded before the
-    // rollback, cleared only after the replay.
-    let owe = pos("node-b:set_user_property:zdata/imap/students:spoolkeeper:replay");
-    assert!(owe < pos("node-b:rollback:zdata/imap/students"));
+    // The replay owed from the replica's newest snapshot, recorded before anything changes
+    // (nothing is rolled back: nothing is destroyed), cleared only after the replay.
+    assert!(!ids.iter().any(|i| i.contains(":rollback:")), "{ids:?}");
     let restore = p.actions()[pos("controller:arch_restore:students")].clone();
     assert!(
         matches!(&restore.kind, ActionKind::ArchRestore { anchor: Some(a), node: Some(n), .. } if a == BASE && n == "node-b"),
@@ -804,7 +804,7 @@ fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
         pos("controller:arch_restore:students")
             < pos("node-b:set_user_property:zdata/imap/students:spoolkeeper:replay:clear")
     );
-    // The snapshot due on the promoted copy comes after the rollback and the start.
+    // The snapshot due on the promoted copy comes after the start.
     let snap = ids
         .iter()
         .position(|i| i.starts_with("node-b:snapshot:zdata/imap/students"));

@@ -54,7 +54,7 @@ fn keys(m: &Mail) -> BTreeSet<crate::world::Key> {
 pub fn other_writers(w: &World, spec: &Spec, instance: &str, except: &str) -> Vec<String> {
     w.nodes
         .values()
-        .filter(|n| n.up && n.name != except)
+        .filter(|n| n.up && n.name != except && !w.fenced.contains(&n.name))
         .filter(|n| {
             w.copy_of(spec, &n.name, instance)
                 .is_some_and(|c| c.writable())
@@ -244,6 +244,7 @@ pub fn run(
                 n.up = false;
                 n.running.clear();
             }
+            w.fenced.insert(fenced.clone());
             Ok(())
         }
         ActionKind::ForgetFence { .. } => Ok(()),
@@ -417,7 +418,12 @@ pub fn run(
                     .archive
                     .hold
                     .iter()
-                    .any(|x| !ids.contains(&x.qid) && x.mid == h.mid && x.rcpt == h.rcpt);
+                    .any(|x| !ids.contains(&x.qid) && x.mid == h.mid && x.rcpt == h.rcpt)
+                    || w.nodes.values().any(|n| {
+                        n.queue
+                            .iter()
+                            .any(|e| e.mid == h.mid && e.archive.contains(&h.rcpt))
+                    });
                 if !other_copy && !proven_replicated(w, spec, h) {
                     v.push(format!(
                         "a purge deleted held copy {} ({} for {}) that no snapshot on every node holds",

@@ -221,6 +221,16 @@ impl Sim {
             self.rng.random_range(1..=margin_ms.max(2))
         };
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+        let seen: Vec<String> = self
+            .w
+            .nodes
+            .values()
+            .filter(|n| n.reachable())
+            .map(|n| n.name.clone())
+            .collect();
+        for n in seen {
+            self.w.fenced.remove(&n);
+        }
         self.w
             .observe(&self.spec, move |u| rng.random_range(-u..=u), unc)
     }
@@ -614,7 +624,12 @@ impl Sim {
         self.runs += 1;
         let run = format!("sim-{}", self.runs);
         let obs = self.observe();
-        let ctx = journal::context(&self.journal);
+        let mut ctx = journal::context(&self.journal);
+        // as `apply` does: fences seen back are journaled before planning
+        for a in journal::fences_seen_back(&ctx, &obs) {
+            self.record(&run, &a, Phase::Done, None);
+            ctx.learn(&a);
+        }
         let spec = self.spec.clone();
         let plan = plan::plan(&spec, &obs, self.w.now, &ctx);
         if let Some(b) = plan

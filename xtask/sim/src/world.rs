@@ -171,6 +171,9 @@ pub struct World {
     pub archive: Archive,
     pub accepted: Vec<Accepted>,
     pub upstream: Vec<Upstream>,
+    /// Nodes powered off by spoolkeeper's fencing command and not seen since: an operator who
+    /// powers one back on before spoolkeeper sees it breaks that fence, not spoolkeeper.
+    pub fenced: BTreeSet<String>,
     next_guid: u64,
     next_msg: u64,
     next_qid: u64,
@@ -240,6 +243,7 @@ impl World {
             },
             accepted: Vec::new(),
             upstream: Vec::new(),
+            fenced: BTreeSet::new(),
             next_guid: 0x5eed_0000_0001,
             next_msg: 1,
             next_qid: 1,
