@@ -864,6 +864,12 @@ pub fn rollback_argv(dataset: &str, snapshot: &str, destroy_later: bool) -> Vec<
     v
 }
 
+/// `zfs rename dataset to` (`-u`: the renamed dataset is not remounted; both flavours have
+/// it for filesystems).
+pub fn rename_argv(dataset: &str, to: &str) -> Vec<String> {
+    vec!["zfs".into(), "rename".into(), dataset.into(), to.into()]
+}
+
 /// `zfs receive -A dataset`.
 pub fn abort_receive_argv(dataset: &str) -> Vec<String> {
     vec!["zfs".into(), "receive".into(), "-A".into(), dataset.into()]

@@ -114,6 +114,9 @@ pub enum ActionKind {
         snapshot: String,
         destroy_later: bool,
     },
+    /// `zfs rename dataset to`: a returning copy that shares no snapshot with the serving one
+    /// is set aside whole (nothing destroyed) so that a full copy can be received in its place.
+    RenameDataset { dataset: String, to: String },
     /// `zfs receive -A dataset`: discard an interrupted receive before a promotion.
     AbortReceive { dataset: String },
     /// Set (or with `None`, clear) one of spoolkeeper's user properties on a dataset, e.g.
@@ -216,6 +219,7 @@ impl ActionKind {
             ActionKind::VerifyGuid { .. } => "verify_guid",
             ActionKind::Rollback { .. } => "rollback",
             ActionKind::AbortReceive { .. } => "abort_receive",
+            ActionKind::RenameDataset { .. } => "rename_dataset",
             ActionKind::SetUserProperty { .. } => "set_user_property",
             ActionKind::PreserveDelta { .. } => "preserve_delta",
             ActionKind::ArchRestore { .. } => "arch_restore",
@@ -242,6 +246,7 @@ impl ActionKind {
             ActionKind::VerifyGuid { .. }
             | ActionKind::ForgetFence { .. }
             | ActionKind::SetUserProperty { .. }
+            | ActionKind::RenameDataset { .. }
             | ActionKind::FlushQueue
             | ActionKind::WaitDelivered { .. } => Effect::Change,
             ActionKind::Fence { .. }
@@ -340,6 +345,9 @@ impl ActionKind {
             ),
             ActionKind::AbortReceive { dataset } => {
                 format!("discard the interrupted receive into {dataset}")
+            }
+            ActionKind::RenameDataset { dataset, to } => {
+                format!("set {dataset} aside as {to} (kept whole)")
             }
             ActionKind::SetUserProperty {
                 dataset,
@@ -472,6 +480,7 @@ impl Action {
             } => format!("{target_dataset}@{snapshot}"),
             ActionKind::Rollback { dataset, .. }
             | ActionKind::AbortReceive { dataset }
+            | ActionKind::RenameDataset { dataset, .. }
             | ActionKind::PreserveDelta { dataset, .. } => dataset.clone(),
             ActionKind::SetUserProperty {
                 dataset,
@@ -585,6 +594,9 @@ impl Action {
             | ActionKind::Hold { dataset, .. }
             | ActionKind::Release { dataset, .. }
             | ActionKind::DestroySnapshots { dataset, .. } => vec![(ds(&node, dataset), Write)],
+            ActionKind::RenameDataset { dataset, to } => {
+                vec![(ds(&node, dataset), Write), (ds(&node, to), Write)]
+            }
             ActionKind::SetReadonly { dataset, readonly } => {
                 let mut v = vec![(ds(&node, dataset), Write)];
                 if let Some(i) = instance_of(dataset) {

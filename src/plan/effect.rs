@@ -150,6 +150,12 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                 d.snapshots.truncate(i + 1);
             }
         }
+        ActionKind::RenameDataset { dataset, to } => {
+            if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
+                d.name = to.clone();
+            }
+            n.missing_datasets.push(dataset.clone());
+        }
         ActionKind::AbortReceive { dataset } => {
             if let Some(d) = n.datasets.iter_mut().find(|d| d.name == *dataset) {
                 d.receive_resume_token = None;

@@ -55,42 +55,66 @@ impl Planner<'_> {
             }
         }
         if let Some(ad) = a_copy.as_ref().filter(|d| d.readonly == Some(true)) {
-            let holders: Vec<NodeName> = spec
+            // Live: runs the instance, is writable, or was written after its newest snapshot.
+            // Ahead: only holds snapshots the active replica lacks (a replica more up to date).
+            let mut live: Vec<NodeName> = Vec::new();
+            let mut ahead_only: Vec<(NodeName, Vec<crate::observed::Snapshot>)> = Vec::new();
+            for n in spec
                 .spec
                 .nodes
                 .keys()
                 .filter(|n| *n != active && self.reachable(n))
-                .filter(|n| {
-                    let Some(o) = self.node(n) else { return false };
-                    let running = o
-                        .instances
-                        .get(name)
-                        .is_some_and(|s| s.state == RunState::Running);
-                    let Some(od) = self.copy(n, inst) else {
-                        return running;
-                    };
-                    let ahead = !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty();
-                    // written after its newest snapshot (where ZFS says): mail the replica lacks
-                    let written = od.other_properties.get("written").is_some_and(|w| w != "0");
-                    running || od.readonly == Some(false) || ahead || written
-                })
-                .cloned()
-                .collect();
-            match holders.as_slice() {
-                [] => {}
-                [old] => {
-                    if self.switchover(active, old, name, inst, ad) {
+            {
+                let Some(o) = self.node(n) else { continue };
+                let running = o
+                    .instances
+                    .get(name)
+                    .is_some_and(|s| s.state == RunState::Running);
+                let Some(od) = self.copy(n, inst) else {
+                    if running {
+                        live.push(n.clone());
+                    }
+                    continue;
+                };
+                // written after its newest snapshot (where ZFS says): mail the replica lacks
+                let written = od.other_properties.get("written").is_some_and(|w| w != "0");
+                if running || od.readonly == Some(false) || written {
+                    live.push(n.clone());
+                } else if !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty() {
+                    ahead_only.push((n.clone(), od.snapshots.clone()));
+                }
+            }
+            // With no live copy, the most advanced replica, when it holds what every other
+            // one holds, is where the mail is.
+            let from: Option<NodeName> = match live.as_slice() {
+                [one] => Some(one.clone()),
+                [] => ahead_only
+                    .iter()
+                    .find(|(_, most)| {
+                        ahead_only
+                            .iter()
+                            .all(|(_, other)| crate::replication::ahead(most, other).is_empty())
+                    })
+                    .map(|(n, _)| n.clone()),
+                _ => None,
+            };
+            match from {
+                Some(old) => {
+                    if self.switchover(active, &old, name, inst, ad) {
                         self.moving.insert(name.to_owned());
                     }
                     return;
                 }
-                many => {
+                None if !live.is_empty() || !ahead_only.is_empty() => {
+                    let mut nodes: Vec<String> = live.iter().map(|n| n.to_string()).collect();
+                    nodes.extend(ahead_only.iter().map(|(n, _)| n.to_string()));
                     self.plan.block(Blocked::SeveralLiveCopies {
                         instance: name.into(),
-                        nodes: many.iter().map(|n| n.to_string()).collect(),
+                        nodes,
                     });
                     return;
                 }
+                None => {}
             }
         }
 

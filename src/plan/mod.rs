@@ -514,6 +514,7 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             destroy_later,
         } => vec![zfs::rollback_argv(dataset, snapshot, *destroy_later)],
         ActionKind::AbortReceive { dataset } => vec![zfs::abort_receive_argv(dataset)],
+        ActionKind::RenameDataset { dataset, to } => vec![zfs::rename_argv(dataset, to)],
         ActionKind::SetUserProperty {
             dataset,
             property,

@@ -5,9 +5,7 @@
 //! the serving node exactly once, and its queued deliveries of the instance, covered by the
 //! replay, are deleted so that they are never delivered twice (phase 2).
 
-use super::{
-    Action, ActionKind, Blocked, Marks, Planner, RESYNC_PROPERTY, ResyncPhase, Target, graph,
-};
+use super::{Action, ActionKind, Marks, Planner, RESYNC_PROPERTY, ResyncPhase, Target, graph};
 use crate::observed::{Dataset, Snapshot};
 use crate::spec::{Instance, NodeName};
 
@@ -26,15 +24,9 @@ impl Planner<'_> {
         update: &mut MarksUpdate,
     ) -> Option<graph::Id> {
         let Some(base) = crate::replication::common_base(source, &t.snapshots).cloned() else {
-            self.plan.block(Blocked::Replication {
-                instance: name.into(),
-                node: other.to_string(),
-                conflict: crate::replication::Conflict::NoCommonSnapshot {
-                    source_newest: source.last().cloned()?,
-                    target_snapshots: t.snapshots.clone(),
-                },
-            });
-            return None;
+            // Nothing in common any more (with three nodes, each replica prunes on its own):
+            // the returning copy is set aside whole, and a full copy received in its place.
+            return self.resync_full(active, other, name, ds, source, t, after_snapshot, update);
         };
         let to = source.last().cloned()?;
         let host = Target::Node(other.to_string());
@@ -130,6 +122,75 @@ impl Planner<'_> {
         update.after.push(repl);
         update.why.push(format!(
             "{other}'s replica is resynced; its queued mail is handed over next"
+        ));
+        Some(repl)
+    }
+
+    /// Phase 1 when the returning copy shares no snapshot with the serving one.
+    #[allow(clippy::too_many_arguments)]
+    fn resync_full(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        ds: &str,
+        source: &[Snapshot],
+        t: &Dataset,
+        after_snapshot: &[graph::Id],
+        update: &mut MarksUpdate,
+    ) -> Option<graph::Id> {
+        let to = source.last().cloned()?;
+        let stamp = crate::retention::snapshot_name("x", self.now);
+        let aside = format!("{}_preserved_{}", t.name, stamp.trim_start_matches("x_"));
+        let host = Target::Node(other.to_string());
+        let stop = self.plan.id_of(&format!("{other}:stop_instance:{name}"));
+        let rename = self.plan.add(Action::new(
+            host.clone(),
+            ActionKind::RenameDataset {
+                dataset: t.name.clone(),
+                to: aside.clone(),
+            },
+            format!(
+                "{other}'s copy shares no snapshot with {active}'s any more: it is kept whole as {aside} and a full copy is received in its place"
+            ),
+        ));
+        if let Some(s) = stop {
+            self.plan.edge(s, rename);
+        }
+        let action = self.replicate_action(
+            name,
+            active,
+            ds,
+            other,
+            &t.name,
+            None,
+            &to.name,
+            (None, false),
+            format!("{other} receives a full copy of {name} from {active}"),
+        );
+        let repl = self.plan.add(action);
+        self.plan.edge(rename, repl);
+        for d in after_snapshot {
+            self.plan.edge(*d, repl);
+        }
+        let ro = self.plan.add(Action::new(
+            host,
+            ActionKind::SetReadonly {
+                dataset: t.name.clone(),
+                readonly: true,
+            },
+            format!(
+                "{other} is passive: its replica must be read-only (never two writable copies)"
+            ),
+        ));
+        self.plan.edge(repl, ro);
+        update
+            .next
+            .nodes
+            .insert(other.to_string(), ResyncPhase::Synced);
+        update.after.push(ro);
+        update.why.push(format!(
+            "{other}'s replica is received anew; its queued mail is handed over next"
         ));
         Some(repl)
     }

@@ -55,6 +55,8 @@ pub fn other_writers(w: &World, spec: &Spec, instance: &str, except: &str) -> Ve
     w.nodes
         .values()
         .filter(|n| n.up && n.name != except && !w.fenced.contains(&n.name))
+        // the operator attested it is down: powering it on meanwhile is the operator's breach
+        .filter(|n| !spec.spec.fenced.iter().any(|f| f.as_str() == n.name))
         .filter(|n| {
             w.copy_of(spec, &n.name, instance)
                 .is_some_and(|c| c.writable())
@@ -317,6 +319,21 @@ pub fn run(
             c.snaps.truncate(i + 1);
             c.live = (*c.snaps[i].content).clone();
             c.modified = false;
+            Ok(())
+        }
+        ActionKind::RenameDataset { dataset, to } => {
+            let n = node_host(w, &node)?;
+            if n.copies.contains_key(to) {
+                return Err(format!("cannot rename to '{to}': dataset already exists"));
+            }
+            let mut c = n
+                .copies
+                .remove(dataset)
+                .ok_or_else(|| format!("cannot open '{dataset}': dataset does not exist"))?;
+            c.name = to.clone();
+            c.instance = format!("{}-aside", c.instance);
+            c.mounted = false;
+            n.copies.insert(to.clone(), c);
             Ok(())
         }
         ActionKind::AbortReceive { dataset } => {

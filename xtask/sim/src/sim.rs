@@ -593,13 +593,13 @@ impl Sim {
         });
     }
 
-    fn run_action(&mut self, a: &Action) -> R<()> {
+    fn run_action(&mut self, spec: &Spec, a: &Action) -> R<()> {
         if let ActionKind::ArchRestore { instance, .. } = &a.kind {
             let obs = self.observe();
             let ctx = journal::context(&self.journal);
             return arch::run(
                 &mut self.w,
-                &self.spec,
+                spec,
                 &obs,
                 instance,
                 arch::target_of(&a.kind),
@@ -610,13 +610,7 @@ impl Sim {
             )
             .map(|_| ());
         }
-        exec::run(
-            &mut self.w,
-            &self.spec,
-            a,
-            &mut self.txg,
-            &mut self.violations,
-        )
+        exec::run(&mut self.w, spec, a, &mut self.txg, &mut self.violations)
     }
 
     fn apply(&mut self, faulty: bool) -> R<ApplyEnd> {
@@ -739,7 +733,7 @@ impl Sim {
                     self.fault("command failed");
                     Err("injected failure".to_string())
                 }
-                None => self.run_action(&a),
+                None => self.run_action(&spec, &a),
             };
             self.stats.actions += 1;
             match result {
@@ -800,6 +794,30 @@ impl Sim {
 
     pub fn run(mut self, steps: usize) -> Result<Stats, Failure> {
         if let Err(e) = self.run_inner(steps) {
+            if self.verbose {
+                for n in self.w.nodes.values() {
+                    for c in n.copies.values() {
+                        eprintln!(
+                            "  {}:{} ro={} mounted={} user={:?} snaps=[{}]",
+                            n.name,
+                            c.name,
+                            c.readonly,
+                            c.mounted,
+                            c.user,
+                            c.snaps
+                                .iter()
+                                .map(|s| format!(
+                                    "{}#{:x}{}",
+                                    s.name,
+                                    s.guid & 0xffff,
+                                    if s.holds.is_empty() { "" } else { "(held)" }
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        );
+                    }
+                }
+            }
             return Err(self.fail(e));
         }
         Ok(self.stats)
