@@ -701,6 +701,11 @@ pub struct LedgerEntry {
     /// The active node's queue id for the re-injected message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_as: Option<String>,
+    /// The node it was replayed into. A replay into another node (a later failover) does
+    /// not count it: that copy may never have received it. Entries without one (older
+    /// ledgers) count for every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The ledger of one cluster: `<state_dir>/<cluster>/replayed.jsonl`.
@@ -719,6 +724,15 @@ impl Ledger {
     /// last line after a crash mid-write; a line that is not one of ours). A missing file is an
     /// empty ledger; an unreadable one is an error (replaying without it could duplicate).
     pub fn read(path: &Path) -> Result<(BTreeSet<(String, String)>, usize), String> {
+        Self::read_for(path, None)
+    }
+
+    /// [`Ledger::read`], counting only what was replayed into `node` (and entries that name no
+    /// node); `None`: everything.
+    pub fn read_for(
+        path: &Path,
+        node: Option<&str>,
+    ) -> Result<(BTreeSet<(String, String)>, usize), String> {
         let f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -741,7 +755,13 @@ impl Ledger {
             }
             match serde_json::from_slice::<LedgerEntry>(&line) {
                 Ok(e) => {
-                    set.insert((e.queue_id, e.recipient));
+                    let here = match (node, e.node.as_deref()) {
+                        (Some(want), Some(n)) => want == n,
+                        _ => true,
+                    };
+                    if here {
+                        set.insert((e.queue_id, e.recipient));
+                    }
                 }
                 Err(_) => bad += 1,
             }
@@ -1059,6 +1079,7 @@ where
                     recipient: m.recipient.clone(),
                     message_id: m.message_id.clone(),
                     queued_as: queued_as(&reply),
+                    node: Some(label.to_owned()),
                 };
                 m.reply = Some(reply.text());
                 m.action = MessageAction::Replayed;
@@ -1215,7 +1236,7 @@ pub async fn run(
 
     // 2. the replay ledger
     let ledger_path = Ledger::path(state_dir, cluster);
-    let (replayed, bad) = Ledger::read(&ledger_path)?;
+    let (replayed, bad) = Ledger::read_for(&ledger_path, Some(active))?;
     if bad > 0 {
         warnings.push(format!(
             "{bad} line(s) of {} did not parse (a torn last line after a crash is expected); ignored",

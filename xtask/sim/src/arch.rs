@@ -23,8 +23,8 @@ pub enum Replay {
     Killed,
 }
 
-/// The replay ledger: (archive queue id, original recipient).
-pub type Ledger = BTreeSet<(String, String)>;
+/// The replay ledger: (archive queue id, original recipient, node replayed into).
+pub type Ledger = BTreeSet<(String, String, String)>;
 
 /// The replay target of an `arch_restore` action, as the executor reads it.
 pub fn target_of(kind: &spoolkeeper::plan::ActionKind) -> arch_restore::Target<'_> {
@@ -89,11 +89,17 @@ pub fn run(
         })
         .collect();
     let inputs = arch_restore::instance_inputs(spec, obs, &instances, ctx, &active, target.window);
+    // what the ledger says was replayed into this node (`Ledger::read_for`)
+    let replayed: BTreeSet<(String, String)> = ledger
+        .iter()
+        .filter(|(_, _, n)| *n == active)
+        .map(|(q, r, _)| (q.clone(), r.clone()))
+        .collect();
     // users and the SINCE date doveadm is asked for, as the shell computes them
     let none = BTreeSet::new();
     let mut since = BTreeMap::new();
     for input in &inputs {
-        let first = arch_restore::plan_instance(input, &held, template, &none, ledger);
+        let first = arch_restore::plan_instance(input, &held, template, &none, &replayed);
         for u in arch_restore::users_to_check(&first) {
             since.insert(u, first.since);
         }
@@ -138,7 +144,7 @@ pub fn run(
         template,
         &mailboxes,
         &queued,
-        ledger,
+        &replayed,
         &BTreeMap::new(),
     );
     let mut replayed = 0;
@@ -170,7 +176,7 @@ pub fn run(
             &m.recipient,
             &m.sender,
         );
-        ledger.insert((m.queue_id.clone(), m.recipient.clone()));
+        ledger.insert((m.queue_id.clone(), m.recipient.clone(), active.clone()));
         replayed += 1;
     }
     if let Some(e) = errors.first() {
