@@ -1785,6 +1785,7 @@ mod tests {
             recipient: r.into(),
             message_id: None,
             queued_as: Some("X1".into()),
+            node: Some("node-a".into()),
         };
         let mut l = Ledger::new(dir.path(), "lab");
         l.record(&entry("Q1", "a@students.lab")).unwrap();
@@ -1801,6 +1802,22 @@ mod tests {
             set(&[("Q1", "a@students.lab"), ("Q2", "b@students.lab")])
         );
         assert_eq!(bad, 1);
+        // what was replayed into node-a does not count for a replay into node-b (a second
+        // failover: node-b's copy never received it); entries naming no node count anywhere
+        assert_eq!(Ledger::read_for(&path, Some("node-a")).unwrap().0, got,);
+        assert!(
+            Ledger::read_for(&path, Some("node-b"))
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let mut legacy = entry("Q3", "c@students.lab");
+        legacy.node = None;
+        Ledger::new(dir.path(), "lab").record(&legacy).unwrap();
+        assert_eq!(
+            Ledger::read_for(&path, Some("node-b")).unwrap().0,
+            set(&[("Q3", "c@students.lab")])
+        );
         // an unreadable ledger (here: a directory) is an error, never an empty one
         std::fs::create_dir_all(dir.path().join("x").join(LEDGER_FILE)).unwrap();
         assert!(Ledger::read(&Ledger::path(dir.path(), "x")).is_err());
