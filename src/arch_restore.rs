@@ -784,10 +784,7 @@ impl Ledger {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             let created = !self.path.exists();
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            let f = crate::apply::journal::open_append(&self.path)?;
             if created {
                 // the new name must survive a crash too
                 File::open(dir)?.sync_all()?;

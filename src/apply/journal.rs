@@ -52,7 +52,7 @@ impl Journal {
         let dir = state_dir.join(cluster);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         let run = format!("{}-{}", Timestamp::now().as_second(), std::process::id());
         Ok(Journal {
             state_dir: state_dir.to_owned(),
@@ -147,6 +147,28 @@ pub fn fences_seen_back(
         .collect()
 }
 
+/// Open a line file for appending, ending a torn last line (a crash mid-write) first, so that
+/// the next record starts on a line of its own and is never swallowed by the torn one.
+pub fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
+    }
+    Ok(file)
+}
+
 /// What the planner must know from past applies: the journal folded through
 /// [`crate::plan::Context::learn`].
 pub fn context(records: &[Record]) -> crate::plan::Context {
@@ -192,5 +214,11 @@ mod tests {
         assert_eq!(rs.len(), 2);
         assert_eq!(rs[1].phase, Phase::Done);
         assert_eq!(rs[1].detail.as_deref(), Some("ok"));
+        // the record written after a torn line is not swallowed by it
+        let mut j = Journal::open(dir.path(), "c").unwrap();
+        j.record("b", Phase::Start, None).unwrap();
+        let rs = Journal::read(dir.path(), "c");
+        assert_eq!(rs.len(), 3);
+        assert_eq!(rs[2].action, "b");
     }
 }
