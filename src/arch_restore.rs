@@ -67,7 +67,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1790,7 +1790,7 @@ mod tests {
         let mut l = Ledger::new(dir.path(), "lab");
         l.record(&entry("Q2", "b@students.lab")).unwrap();
         drop(l);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"at\":\"2027-").unwrap();
         drop(f);
         let (got, bad) = Ledger::read(&path).unwrap();
