@@ -1253,7 +1253,11 @@ pub async fn run(
     for input in &inputs {
         let first = plan_instance(input, &held, template, &none, &replayed);
         for u in users_to_check(&first) {
-            since.insert(u.clone(), first.since);
+            // The whole mailbox, not `SINCE` the window: a message can have been delivered
+            // long before its archive copy arrived (the copy waited in the spool's queue while
+            // the archive host was away), and searching from the window would miss it and
+            // deliver it twice (found by the simulator).
+            since.insert(u.clone(), None);
             users.insert(u);
         }
     }
@@ -1790,7 +1794,10 @@ mod tests {
         let mut l = Ledger::new(dir.path(), "lab");
         l.record(&entry("Q2", "b@students.lab")).unwrap();
         drop(l);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"at\":\"2027-").unwrap();
         drop(f);
         let (got, bad) = Ledger::read(&path).unwrap();

@@ -101,7 +101,9 @@ pub fn run(
     for input in &inputs {
         let first = arch_restore::plan_instance(input, &held, template, &none, &replayed);
         for u in arch_restore::users_to_check(&first) {
-            since.insert(u, first.since);
+            // as the shell asks doveadm: the whole mailbox
+            let _ = first.since;
+            since.insert(u, None::<jiff::Timestamp>);
         }
     }
     let copy = w.copy_of(spec, &active, instance);
@@ -147,6 +149,23 @@ pub fn run(
         &replayed,
         &BTreeMap::new(),
     );
+    if let Ok(t) = std::env::var("SK_SIM_TRACK") {
+        for m in messages
+            .iter()
+            .filter(|m| m.message_id.as_deref() == Some(t.as_str()))
+        {
+            eprintln!(
+                "    arch_restore into {active}: {} {:?} {} (mailbox visible: {}, since {:?}, copy mounted {:?}, saved {:?})",
+                m.queue_id,
+                m.action,
+                m.reason,
+                mailboxes.contains(&(t.clone(), m.recipient.clone())),
+                since.get(&m.recipient),
+                copy.map(|c| c.mounted),
+                copy.and_then(|c| c.live.get(&(t.clone(), m.recipient.clone())))
+            );
+        }
+    }
     let mut replayed = 0;
     for m in messages
         .iter()
