@@ -46,8 +46,11 @@ impl Planner<'_> {
             ),
         }
 
-        // The serving spools: BCC every recipient of every instance's domains.
-        let nodes: BTreeSet<&NodeName> = serving.values().collect();
+        // Every spool, serving or not: BCC every recipient of every instance's domains. A
+        // passive node accepts no mail in normal operation, but an instance started on it by
+        // hand does, and its mail must have an archive copy like any other.
+        let mut nodes: BTreeSet<&NodeName> = serving.values().collect();
+        nodes.extend(spec.spec.nodes.keys().filter(|n| self.reachable(n)));
         for active in nodes {
             let Some(a_obs) = self.node(active) else {
                 continue;

@@ -22,7 +22,6 @@ impl Planner<'_> {
         // reachable node holds a writable copy, runs the instance or has snapshots the replica
         // lacks, the mail is there: move it first (switchover).
         let a_copy = self.copy(active, inst).cloned();
-        let a_marks = Marks::of(a_copy.as_ref());
         if let Some(ad) = a_copy.as_ref().filter(|d| d.readonly != Some(true)) {
             // The active copy is writable: nobody else may be ahead of it. A copy merely left
             // writable elsewhere is made read-only below. Nodes recorded for resync after a
@@ -33,10 +32,7 @@ impl Planner<'_> {
                 .nodes
                 .keys()
                 .filter(|n| *n != active && self.reachable(n))
-                .filter(|n| {
-                    let od = self.copy(n, inst);
-                    !(a_marks.phase(n.as_str()).is_some() && a_marks.holds_against(&Marks::of(od)))
-                })
+                .filter(|n| !self.superseded(n, inst))
                 .filter(|n| {
                     self.copy(n, inst).is_some_and(|od| {
                         !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty()
@@ -64,6 +60,9 @@ impl Planner<'_> {
                 .nodes
                 .keys()
                 .filter(|n| *n != active && self.reachable(n))
+                // a node some copy's failover record names is resynced from it, whatever it
+                // holds: not where the mail is
+                .filter(|n| !self.superseded(n, inst))
             {
                 let Some(o) = self.node(n) else { continue };
                 let running = o
@@ -274,12 +273,18 @@ impl Planner<'_> {
                     )));
                 }
                 let mut rw = None;
-                if d.readonly != Some(false) && may_start {
-                    // Promoting a replica while a node is out of sight: failover.
+                // Promoting a copy, or starting the instance on it, while a node that may have
+                // served it is out of sight: a failover (the copy may lack what that node
+                // accepted since this copy's newest snapshot).
+                let starting = !running_here;
+                if (d.readonly != Some(false) || starting) && may_start {
                     let (pre, anchor) = self.failover_steps(active, name, &d);
                     if owed.is_none() {
                         owed = anchor;
                     }
+                    ready.extend(pre);
+                }
+                if d.readonly != Some(false) && may_start {
                     // Writable only once the instance is stopped everywhere else.
                     let a = self.plan.add(Action::new(
                         host.clone(),
@@ -289,7 +294,7 @@ impl Planner<'_> {
                         },
                         format!("{active} is the active node: its copy of {name} must be writable"),
                     ));
-                    for s in stops.iter().chain(&fences).chain(&pre) {
+                    for s in stops.iter().chain(&fences).chain(&ready) {
                         self.plan.edge(*s, a);
                     }
                     ready.push(a);
@@ -343,6 +348,17 @@ impl Planner<'_> {
             let after: Vec<graph::Id> = start.into_iter().chain(ready).collect();
             self.replay(active, name, &ds, anchor, &after);
         }
+    }
+
+    /// Does a copy's failover record (a reachable node's, or the active node's) name `n`, and
+    /// hold against `n`'s own? Then `n` lost a failover: its writes are preserved and it is
+    /// resynced; it is not where the mail is.
+    fn superseded(&self, n: &NodeName, inst: &Instance) -> bool {
+        let theirs = Marks::of(self.copy(n, inst));
+        self.spec.spec.nodes.keys().filter(|m| *m != n).any(|m| {
+            let mine = Marks::of(self.copy(m, inst));
+            mine.phase(n.as_str()).is_some() && mine.holds_against(&theirs)
+        })
     }
 
     /// The replay of the archive owed to the serving copy (a failover promoted it, or an

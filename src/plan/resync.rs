@@ -303,6 +303,17 @@ impl Planner<'_> {
         if update.next == *was {
             return;
         }
+        // This run's failover rewrites the record already (before anything else): the
+        // progress made here is recorded by the next run.
+        if self
+            .plan
+            .id_of(&format!(
+                "{active}:set_user_property:{ds}:{RESYNC_PROPERTY}"
+            ))
+            .is_some()
+        {
+            return;
+        }
         let value = update.next.encode();
         let id = self.plan.add(Action::new(
             Target::Node(active.to_string()),

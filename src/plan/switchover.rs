@@ -202,6 +202,45 @@ impl Planner<'_> {
             ));
             chain(&mut self.plan, &mut last, id);
         }
+        // The records travel with the service: nodes still to be resynced, a replay still
+        // owed, are the new copy's business once it serves.
+        let mut moved = super::Marks::of(Some(src));
+        moved.nodes.remove(active.as_str());
+        let owed = super::marks::owed_replay(Some(src));
+        let mut records = Vec::new();
+        if !moved.nodes.is_empty() {
+            moved.epoch = moved.epoch.max(self.now.as_second());
+            records.push((super::RESYNC_PROPERTY, moved.encode()));
+        }
+        if let Some(a) = &owed {
+            records.push((super::REPLAY_PROPERTY, Some(a.clone())));
+        }
+        for (property, value) in records {
+            let id = self.plan.add(Action::new(
+                to_host.clone(),
+                ActionKind::SetUserProperty {
+                    dataset: replica.name.clone(),
+                    property: property.into(),
+                    value,
+                },
+                format!("{name}'s record {property} moves from {old} with the service"),
+            ));
+            chain(&mut self.plan, &mut last, id);
+        }
+        // Any other copy left writable (a node that lost a failover) goes read-only first.
+        let others: Vec<(NodeName, Dataset)> = spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != active && *n != old && self.reachable(n))
+            .filter_map(|n| self.copy(n, inst).map(|d| (n.clone(), d.clone())))
+            .filter(|(_, d)| d.readonly != Some(true) || d.mounted == Some(true))
+            .collect();
+        let mut demoted = Vec::new();
+        for (n, d) in others {
+            let stop = self.plan.id_of(&format!("{n}:stop_instance:{name}"));
+            demoted.extend(self.passive_copy(&Target::Node(n.to_string()), &n, &d, stop));
+        }
         let rw = self.plan.add(Action::new(
             to_host.clone(),
             ActionKind::SetReadonly {
@@ -211,6 +250,9 @@ impl Planner<'_> {
             format!("{active} is the active node: its copy of {name} must be writable"),
         ));
         chain(&mut self.plan, &mut last, rw);
+        for d in demoted {
+            self.plan.edge(d, rw);
+        }
         if replica.mounted != Some(true) {
             let id = self.plan.add(Action::new(
                 to_host.clone(),
@@ -229,6 +271,28 @@ impl Planner<'_> {
             format!("{active} is the active node of {name}: the service resumes here"),
         ));
         chain(&mut self.plan, &mut last, start);
+        for (property, had) in [
+            (
+                super::RESYNC_PROPERTY,
+                !super::Marks::of(Some(src)).nodes.is_empty(),
+            ),
+            (super::REPLAY_PROPERTY, owed.is_some()),
+        ] {
+            if had {
+                let id = self.plan.add(Action::new(
+                    from.clone(),
+                    ActionKind::SetUserProperty {
+                        dataset: src_name.clone(),
+                        property: property.into(),
+                        value: None,
+                    },
+                    format!(
+                        "{old} no longer serves {name}: its {property} record moved to {active}"
+                    ),
+                ));
+                self.plan.edge(start, id);
+            }
+        }
         true
     }
 }
