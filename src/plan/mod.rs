@@ -257,21 +257,43 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The queue backlog of `inst` on `node` for a snapshot planned from this observation.
+    /// The queue backlog of `inst` for a snapshot of `node`'s copy planned from this
+    /// observation: the oldest delivery still queued for the instance on any reachable node
+    /// (a message waiting in another node's queue is delivered into that node's copy once it
+    /// serves, after this snapshot), or the observation time.
     fn backlog_for(
         &self,
         node: &NodeName,
         inst: &crate::spec::Instance,
     ) -> crate::archive::SpoolBacklog {
-        let o = self.node(node);
-        crate::archive::backlog_at(
-            o.and_then(|o| o.postfix.as_ref())
-                .map(|p| p.queue.as_slice()),
-            &inst.domains,
-            self.obs.observed_at,
-            o.and_then(|o| o.capabilities.clock_offset_ms),
-            o.and_then(|o| o.capabilities.clock_uncertainty_ms),
-        )
+        use crate::archive::SpoolBacklog;
+        let at = |n: &NodeName| {
+            let o = self.node(n);
+            crate::archive::backlog_at(
+                o.and_then(|o| o.postfix.as_ref())
+                    .map(|p| p.queue.as_slice()),
+                &inst.domains,
+                self.obs.observed_at,
+                o.and_then(|o| o.capabilities.clock_offset_ms),
+                o.and_then(|o| o.capabilities.clock_uncertainty_ms),
+            )
+        };
+        let mut out = at(node);
+        for other in self
+            .spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != node && self.reachable(n))
+        {
+            out = match (out, at(other)) {
+                (SpoolBacklog::Before { at: a }, SpoolBacklog::Before { at: b }) => {
+                    SpoolBacklog::Before { at: a.min(b) }
+                }
+                _ => SpoolBacklog::Unknown,
+            };
+        }
+        out
     }
 
     /// A snapshot action, its backlog remembered for the purge of this run.

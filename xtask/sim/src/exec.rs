@@ -600,8 +600,8 @@ pub fn run(
     }
 }
 
-/// The held copy's message is in a snapshot that every node's copy of its instance holds
-/// (same guid): what a purge needs.
+/// The held copy's message is in a snapshot of every node's copy of its instance: what a
+/// purge needs.
 fn proven_replicated(w: &World, spec: &Spec, h: &crate::world::Held) -> bool {
     let Some(arch) = spec.spec.archive.as_ref() else {
         return false;
@@ -626,12 +626,11 @@ fn proven_replicated(w: &World, spec: &Spec, h: &crate::world::Held) -> bool {
     if copies.len() < spec.spec.nodes.len() {
         return false;
     }
-    let first = copies[0];
-    first.snaps.iter().any(|s| {
-        s.content.get(&key).is_some_and(|v| !v.is_empty())
-            && copies
-                .iter()
-                .all(|c| c.snaps.iter().any(|x| x.guid == s.guid))
+    // every copy holds it in one of its snapshots (replicas may hold different bases)
+    copies.iter().all(|c| {
+        c.snaps
+            .iter()
+            .any(|s| s.content.get(&key).is_some_and(|v| !v.is_empty()))
     })
 }
 
