@@ -289,11 +289,39 @@ impl Planner<'_> {
                 all_bases_known = false;
             }
 
-            // 4. Retention on the replica (its observed snapshots; new ones arrive later).
-            if let Some(t) = t_ds {
+            // 4. Retention on the replica (its observed snapshots; new ones arrive later). With
+            //    more than two nodes, the snapshot it shares with each other replica stays too
+            //    (the base of a later resync or switchover between them); with one of them out
+            //    of sight, nothing is pruned there.
+            let mut third_known = true;
+            let mut third_bases: Vec<Snapshot> = Vec::new();
+            for x in spec
+                .spec
+                .nodes
+                .keys()
+                .filter(|x| *x != active && *x != other)
+            {
+                match (self.reachable(x), t_ds) {
+                    (false, _) => third_known = false,
+                    (true, Some(t)) => {
+                        if let Some(xd) = self.copy(x, inst)
+                            && let Some(b) =
+                                crate::replication::common_base(&t.snapshots, &xd.snapshots)
+                        {
+                            third_bases.push(b.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(t) = t_ds.filter(|_| third_known) {
                 let keep = snaps_spec.keep_passive.unwrap_or(snaps_spec.keep);
                 let mut protect: Vec<crate::retention::SnapshotRef> = Vec::new();
-                for b in [&observed_base, &new_base].into_iter().flatten() {
+                for b in [&observed_base, &new_base]
+                    .into_iter()
+                    .flatten()
+                    .chain(third_bases.iter())
+                {
                     protect.push(crate::retention::SnapshotRef::Guid(b.guid));
                     protect.push(crate::retention::SnapshotRef::Name(b.name.clone()));
                 }
