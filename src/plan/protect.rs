@@ -165,7 +165,10 @@ impl Planner<'_> {
                 (Some(ResyncPhase::Synced), Some(_)) => {
                     self.resync_drain(active, other, name, inst, &mut update);
                 }
-                _ => {}
+                _ => {
+                    // deliveries of the instance left in a passive node's queue
+                    self.hand_over_queue(active, other, name, inst, false);
+                }
             }
             let written = t_ds
                 .and_then(|d| d.other_properties.get("written"))

@@ -206,6 +206,29 @@ impl Planner<'_> {
         inst: &Instance,
         update: &mut MarksUpdate,
     ) {
+        if let Some(last) = self.hand_over_queue(active, other, name, inst, true) {
+            update.next.nodes.remove(other.as_str());
+            update.after.extend(last);
+            update
+                .why
+                .push(format!("{other} is resynced and its mail replayed"));
+        }
+    }
+
+    /// A node that does not serve the instance but still queues deliveries of it (it served
+    /// before, or it was started by hand): its archive copies are handed to the archive host,
+    /// the archive is replayed into the serving node, then those deliveries are deleted, so
+    /// that they are never delivered when that node serves again. With `always`, the replay
+    /// is planned even with nothing queued (a returning node's mail may already be on the
+    /// archive). Returns the last step (`Some(None)`: nothing to do), `None` while waiting.
+    pub(super) fn hand_over_queue(
+        &mut self,
+        active: &NodeName,
+        other: &NodeName,
+        name: &str,
+        inst: &Instance,
+        always: bool,
+    ) -> Option<Option<graph::Id>> {
         let spec = self.spec;
         let archive_domain = spec
             .spec
@@ -224,27 +247,13 @@ impl Planner<'_> {
             self.plan.note(format!(
                 "{name}: {other}'s Postfix queue was not observed: its mail is replayed once it is"
             ));
-            return;
+            return None;
         };
-        let pending_copies = queue
-            .iter()
-            .filter(|e| {
-                e.recipients
-                    .iter()
-                    .any(|r| archive_domain.as_ref().is_some_and(|ad| at(&r.address, ad)))
-            })
-            .count();
-        if pending_copies > 0 {
-            self.plan.add(Action::new(
-                Target::Node(other.to_string()),
-                ActionKind::FlushQueue,
-                format!("{pending_copies} archive copie(s) accepted by {other} before the failover are still in its queue: hand them to the archive host"),
-            ));
-            self.plan.note(format!(
-                "{name}: waiting for {other}'s queue to reach the archive before replaying it into {active}"
-            ));
-            return;
-        }
+        let ours = |e: &crate::observed::QueueEntry| {
+            e.recipients
+                .iter()
+                .any(|r| inst.domains.iter().any(|d| at(&r.address, d)))
+        };
         // Deliveries of the instance still queued there: never to be delivered on that node
         // any more (it is passive); the replay puts their messages into the serving copy.
         let stale: Vec<String> = queue
@@ -257,38 +266,61 @@ impl Planner<'_> {
             })
             .map(|e| e.queue_id.clone())
             .collect();
-        let mut last = None;
-        if spec.spec.archive.is_some() {
-            last = Some(self.plan.add(Action::new(
-                Target::Controller,
-                ActionKind::ArchRestore {
-                    instance: name.into(),
-                    node: Some(active.to_string()),
-                    anchor: None,
-                },
-                format!("mail {other} accepted before it failed reached the archive: replay what {active} lacks"),
-            )));
-            self.replay_owed.insert(name.to_owned());
-            if !stale.is_empty() {
-                let drop = self.plan.add(Action::new(
-                    Target::Node(other.to_string()),
-                    ActionKind::DropQueued {
-                        instance: name.into(),
-                        queue_ids: stale,
-                    },
-                    format!("{other} is passive: its queued deliveries of {name} are in {active}'s mailbox once replayed, and must never be delivered again"),
-                ));
-                if let Some(l) = last {
-                    self.plan.edge(l, drop);
-                }
-                last = Some(drop);
-            }
+        if !always && stale.is_empty() {
+            return Some(None);
         }
-        update.next.nodes.remove(other.as_str());
-        update.after.extend(last);
-        update
-            .why
-            .push(format!("{other} is resynced and its mail replayed"));
+        let pending_copies = queue
+            .iter()
+            .filter(|e| always || ours(e))
+            .filter(|e| {
+                e.recipients
+                    .iter()
+                    .any(|r| archive_domain.as_ref().is_some_and(|ad| at(&r.address, ad)))
+            })
+            .count();
+        if pending_copies > 0 {
+            self.plan.add(Action::new(
+                Target::Node(other.to_string()),
+                ActionKind::FlushQueue,
+                format!("{pending_copies} archive copie(s) accepted by {other} are still in its queue: hand them to the archive host"),
+            ));
+            self.plan.note(format!(
+                "{name}: waiting for {other}'s queue to reach the archive before replaying it into {active}"
+            ));
+            return None;
+        }
+        if spec.spec.archive.is_none() {
+            return Some(None);
+        }
+        let id = self.plan.add(Action::new(
+            Target::Controller,
+            ActionKind::ArchRestore {
+                instance: name.into(),
+                node: Some(active.to_string()),
+                anchor: None,
+            },
+            format!("mail {other} accepted for {name} is on the archive host: replay what {active} lacks"),
+        ));
+        // One replay per instance and run: when a failover's replay is planned too, it
+        // takes the wider window (every held copy), which covers both.
+        if let ActionKind::ArchRestore { anchor, .. } = &mut self.plan.graph[id].kind {
+            *anchor = None;
+        }
+        let mut last = id;
+        self.replay_owed.insert(name.to_owned());
+        if !stale.is_empty() {
+            let drop = self.plan.add(Action::new(
+                Target::Node(other.to_string()),
+                ActionKind::DropQueued {
+                    instance: name.into(),
+                    queue_ids: stale,
+                },
+                format!("{other} does not serve {name}: its queued deliveries of it are in {active}'s mailbox once replayed, and must never be delivered again"),
+            ));
+            self.plan.edge(last, drop);
+            last = drop;
+        }
+        Some(Some(last))
     }
 
     /// Write the resync record once for all the nodes this run moved on, after the steps
