@@ -584,8 +584,6 @@ impl Action {
         match &self.kind {
             ActionKind::CreateDataset { dataset, .. }
             | ActionKind::SetProperties { dataset, .. }
-            | ActionKind::Mount { dataset }
-            | ActionKind::Unmount { dataset }
             | ActionKind::Snapshot { dataset, .. }
             | ActionKind::Rollback { dataset, .. }
             | ActionKind::AbortReceive { dataset }
@@ -594,6 +592,17 @@ impl Action {
             | ActionKind::Hold { dataset, .. }
             | ActionKind::Release { dataset, .. }
             | ActionKind::DestroySnapshots { dataset, .. } => vec![(ds(&node, dataset), Write)],
+            ActionKind::Mount { dataset } | ActionKind::Unmount { dataset } => {
+                // a mounted writable copy is one users can write: who serves changes
+                let mut v = vec![(ds(&node, dataset), Write)];
+                if let Some(i) = instance_of(dataset) {
+                    v.push((service(&i), Write));
+                }
+                if matches!(self.kind, ActionKind::Mount { .. }) {
+                    v.push((Object::Fences, Read));
+                }
+                v
+            }
             ActionKind::RenameDataset { dataset, to } => {
                 vec![(ds(&node, dataset), Write), (ds(&node, to), Write)]
             }

@@ -226,6 +226,12 @@ impl Plan {
                     node.clone(),
                     instance_of_dataset(&node, dataset)?,
                 )),
+                K::Mount { dataset } => {
+                    Some((true, node.clone(), instance_of_dataset(&node, dataset)?))
+                }
+                K::Unmount { dataset } => {
+                    Some((false, node.clone(), instance_of_dataset(&node, dataset)?))
+                }
                 K::StartInstance { instance } => Some((true, node, instance.clone())),
                 K::StopInstance { instance } => Some((false, node, instance.clone())),
                 _ => None,

@@ -59,10 +59,12 @@ impl Marks {
         Marks { epoch, nodes }
     }
 
-    /// The property value, `None` when nothing is left to record.
+    /// The property value, `None` when nothing is left to record. A copy promoted at a known
+    /// time keeps that time even when no node is left to resync (`@EPOCH:`), so that a record
+    /// on another copy from an older promotion is known to be stale.
     pub fn encode(&self) -> Option<String> {
         if self.nodes.is_empty() {
-            return None;
+            return (self.epoch > 0).then(|| format!("@{}:", self.epoch));
         }
         let list = self
             .nodes
@@ -113,6 +115,12 @@ mod tests {
         assert_eq!(legacy.epoch, 0);
         assert_eq!(legacy.encode().as_deref(), Some("node-b,node-c=synced"));
         assert_eq!(Marks::default().encode(), None);
+        let promoted = Marks {
+            epoch: 42,
+            nodes: Default::default(),
+        };
+        assert_eq!(promoted.encode().as_deref(), Some("@42:"));
+        assert_eq!(Marks::decode("@42:"), promoted);
     }
 
     #[test]

@@ -204,14 +204,17 @@ impl Planner<'_> {
         }
         // The records travel with the service: nodes still to be resynced, a replay still
         // owed, are the new copy's business once it serves.
+        // The new copy's record also carries the time of this promotion: a record on another
+        // copy from an older one is then known to be stale.
         let mut moved = super::Marks::of(Some(src));
         moved.nodes.remove(active.as_str());
         let owed = super::marks::owed_replay(Some(src));
         let mut records = Vec::new();
-        if !moved.nodes.is_empty() {
-            moved.epoch = moved.epoch.max(self.now.as_second());
-            records.push((super::RESYNC_PROPERTY, moved.encode()));
-        }
+        moved.epoch = moved
+            .epoch
+            .max(super::Marks::of(Some(replica)).epoch)
+            .max(self.now.as_second());
+        records.push((super::RESYNC_PROPERTY, moved.encode()));
         if let Some(a) = &owed {
             records.push((super::REPLAY_PROPERTY, Some(a.clone())));
         }
