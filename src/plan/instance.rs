@@ -218,6 +218,21 @@ impl Planner<'_> {
             .collect();
         let mut ready = Vec::new();
         let mut owed = marks::owed_replay(a_copy.as_ref());
+        // A replay still owed to another copy (it served, then lost the service before the
+        // replay completed) is owed to this one now, with every held copy.
+        let owed_elsewhere: Vec<(NodeName, String)> = spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != active && self.reachable(n))
+            .filter_map(|n| {
+                let d = self.copy(n, inst)?;
+                marks::owed_replay(Some(d)).map(|_| (n.clone(), d.name.clone()))
+            })
+            .collect();
+        if !owed_elsewhere.is_empty() {
+            owed = Some(String::new());
+        }
         match o.dataset(&ds).cloned() {
             None => {
                 // Is the mail somewhere else? Then creating an empty dataset here is wrong.
@@ -346,7 +361,20 @@ impl Planner<'_> {
         }
         if let Some(anchor) = owed.filter(|_| may_start) {
             let after: Vec<graph::Id> = start.into_iter().chain(ready).collect();
-            self.replay(active, name, &ds, anchor, &after);
+            if let Some(restore) = self.replay(active, name, &ds, anchor, &after) {
+                for (n, d) in owed_elsewhere {
+                    let id = self.plan.add(Action::new(
+                        Target::Node(n.to_string()),
+                        ActionKind::SetUserProperty {
+                            dataset: d,
+                            property: REPLAY_PROPERTY.into(),
+                            value: None,
+                        },
+                        format!("the replay {n} was owed was made into {active}"),
+                    ));
+                    self.plan.edge(restore, id);
+                }
+            }
         }
     }
 
@@ -372,9 +400,9 @@ impl Planner<'_> {
         ds: &str,
         anchor: String,
         after: &[graph::Id],
-    ) {
+    ) -> Option<graph::Id> {
         if self.spec.spec.archive.is_none() {
-            return;
+            return None;
         }
         self.replay_owed.insert(name.to_owned());
         let restore = self.plan.add(Action::new(
@@ -407,6 +435,7 @@ impl Planner<'_> {
             format!("the replay into {active} completed"),
         ));
         self.plan.edge(restore, clear);
+        Some(restore)
     }
 
     /// Before a replica is made writable in a failover: record durably which nodes must be

@@ -142,6 +142,8 @@ impl Planner<'_> {
             let valid = marks.holds_against(&Marks::of(t_ds));
             match (marks.phase(other.as_str()).filter(|_| valid), t_ds) {
                 (Some(ResyncPhase::Pending), Some(t)) => {
+                    // its mail is replayed once it is resynced: no purge meanwhile
+                    self.replay_owed.insert(name.to_owned());
                     if let Some(id) = self.resync(
                         active,
                         other,

@@ -230,6 +230,10 @@ impl Planner<'_> {
         always: bool,
     ) -> Option<Option<graph::Id>> {
         let spec = self.spec;
+        if always {
+            // the returning node's mail is not replayed yet: no purge meanwhile
+            self.replay_owed.insert(name.to_owned());
+        }
         let archive_domain = spec
             .spec
             .archive
