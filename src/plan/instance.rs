@@ -401,9 +401,7 @@ impl Planner<'_> {
         anchor: String,
         after: &[graph::Id],
     ) -> Option<graph::Id> {
-        if self.spec.spec.archive.is_none() {
-            return None;
-        }
+        self.spec.spec.archive.as_ref()?;
         self.replay_owed.insert(name.to_owned());
         let restore = self.plan.add(Action::new(
             Target::Controller,
