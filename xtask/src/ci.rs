@@ -23,6 +23,23 @@ pub fn main(no_lab: bool) -> Result<(), String> {
         ],
     )?;
     run("tests", &cargo, &["test", "--workspace"])?;
+    // A fixed sample (seeds 0-299, 200 steps each: about 30 s in a debug build); longer
+    // sweeps: `cargo xtask simulate --seeds N --steps M`.
+    run(
+        "simulator (fixed sample)",
+        &cargo,
+        &[
+            "run",
+            "--quiet",
+            "--package",
+            "sk-sim",
+            "--",
+            "--seeds",
+            "300",
+            "--steps",
+            "200",
+        ],
+    )?;
     run(
         "fuzz target builds",
         &cargo,
