@@ -8,9 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -68,67 +67,12 @@ fn spec(dir: &Path, active: &str, fencing: bool) -> PathBuf {
 }
 
 /// An upstream MTA sending ~10 msg/s to the students instance, retrying what is refused.
-struct Load(Child);
-
-impl Load {
-    fn start(count: u32) -> Load {
-        let count = count.to_string();
-        let child = xtask()
-            .args([
-                "lab",
-                "send",
-                "--instance",
-                "students",
-                "--to",
-                USER,
-                "--count",
-                &count,
-                "--rate",
-                "10",
-                "--deadline",
-                "180s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sender starts");
-        Load(child)
-    }
-
-    /// Wait for the sender to finish; the Message-IDs it saw accepted.
-    fn accepted(mut self) -> Vec<String> {
-        let out = self.0.stdout.take().unwrap();
-        let ids: Vec<String> = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        let _ = self.0.wait();
-        ids
-    }
+fn upstream(count: u32) -> Load {
+    Load::start("students", USER, count, 10, "180s")
 }
 
-/// Every accepted message is in the mailbox, none twice (waits for delivery).
 fn exactly_once(accepted: &BTreeSet<String>, timeout: Duration) {
-    let mut last = Vec::new();
-    let ok = eventually(timeout, || {
-        last = imap_ids("students", USER).ok()?;
-        let set: BTreeSet<String> = last.iter().cloned().collect();
-        (accepted.is_subset(&set)).then_some(())
-    });
-    let set: BTreeSet<String> = last.iter().cloned().collect();
-    let missing: Vec<&String> = accepted.difference(&set).collect();
-    assert!(
-        ok.is_some(),
-        "{} accepted message(s) missing: {missing:?}",
-        missing.len()
-    );
-    assert_eq!(
-        last.len(),
-        set.len(),
-        "some message is in the mailbox twice"
-    );
+    common::exactly_once("students", USER, accepted, timeout)
 }
 
 #[test]
@@ -147,7 +91,7 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     let mut accepted: BTreeSet<String> = BTreeSet::new();
 
     // 1. Switchover to node-b under load.
-    let load = Load::start(60);
+    let load = upstream(60);
     std::thread::sleep(Duration::from_secs(2));
     let plan = sk(st, &["plan", "-f", &s(&on_b)]);
     assert_eq!(plan.code, 2, "{}", plan.stdout);
@@ -183,7 +127,7 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
 
     // 2. Power loss of node-b under load; failover without fencing is refused.
-    let load = Load::start(60);
+    let load = upstream(60);
     std::thread::sleep(Duration::from_secs(3));
     lab_ok(&["kill", "node-b"]);
     let refused = sk(st, &["apply", "-f", &s(&spec(dir.path(), "node-a", false))]);
@@ -233,7 +177,7 @@ fn failover_is_a_one_line_edit_and_loses_nothing() {
     exactly_once(&accepted, Duration::from_secs(60));
 
     // 4. Switchover back to node-a... which is active already; move to node-b and back.
-    let load = Load::start(30);
+    let load = upstream(30);
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
     sk_ok(st, &["apply", "-f", &s(&on_b)]);
     sk_ok(st, &["apply", "-f", &s(&on_a)]);

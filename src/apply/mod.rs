@@ -112,6 +112,12 @@ pub async fn execute(
     let state_dir_buf = journal.state_dir().to_owned();
     let state_dir = state_dir_buf.as_path();
     let mut running = FuturesUnordered::new();
+    // Test hook for the boundary drills: SIGKILL ourselves once this many actions ended, as a
+    // power cut of the controller would (no cleanup, lock left behind, journal as it is).
+    let kill_after: Option<usize> = std::env::var("SPOOLKEEPER_TEST_KILL_AFTER_ACTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut ended = 0usize;
     loop {
         let mut progress = false;
         for (id, up) in walk.skip_upstream_failed() {
@@ -152,6 +158,7 @@ pub async fn execute(
             break;
         };
         let a = &plan.graph[id];
+        ended += 1;
         match r {
             Ok(()) => {
                 if let Err(e) = journal.record_done(a) {
@@ -169,6 +176,13 @@ pub async fn execute(
                 tracing::error!(action = %a.id, error = %e, "failed");
                 walk.finish(id, Outcome::Failed(e));
             }
+        }
+        if kill_after == Some(ended) {
+            let pid = std::process::id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            std::process::abort();
         }
     }
     walk.report()

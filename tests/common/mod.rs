@@ -207,3 +207,61 @@ pub fn lines(text: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// An upstream MTA sending to an instance at a steady rate in the background, retrying what
+/// is refused (`xtask lab send --rate`); [`Load::accepted`] waits for it and returns the
+/// Message-IDs it saw accepted with 250.
+pub struct Load(std::process::Child);
+
+impl Load {
+    pub fn start(instance: &str, to: &str, count: u32, rate: u32, deadline: &str) -> Load {
+        let child = xtask()
+            .args(["lab", "send", "--instance", instance, "--to", to])
+            .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+            .args(["--deadline", deadline])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sender starts");
+        Load(child)
+    }
+
+    pub fn accepted(mut self) -> Vec<String> {
+        use std::io::BufRead;
+        let Some(out) = self.0.stdout.take() else {
+            return Vec::new();
+        };
+        let ids: Vec<String> = std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let _ = self.0.wait();
+        ids
+    }
+}
+
+/// Every accepted message is in `user`'s mailbox on `instance`, none twice (waits for
+/// delivery up to `timeout`).
+pub fn exactly_once(instance: &str, user: &str, accepted: &BTreeSet<String>, timeout: Duration) {
+    let mut last = Vec::new();
+    let ok = eventually(timeout, || {
+        last = imap_ids(instance, user).ok()?;
+        let set: BTreeSet<String> = last.iter().cloned().collect();
+        accepted.is_subset(&set).then_some(())
+    });
+    let set: BTreeSet<String> = last.iter().cloned().collect();
+    let missing: Vec<&String> = accepted.difference(&set).collect();
+    assert!(
+        ok.is_some(),
+        "{} of {} accepted message(s) missing for {user}: {missing:?}",
+        missing.len(),
+        accepted.len()
+    );
+    assert_eq!(
+        last.len(),
+        set.len(),
+        "some message is in {user}'s mailbox twice"
+    );
+}
