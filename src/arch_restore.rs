@@ -708,10 +708,22 @@ pub struct LedgerEntry {
     pub node: Option<String>,
 }
 
+/// What the ledger's `node` names: the copy replayed into, as the node and the time it was
+/// last promoted (the epoch of its `spoolkeeper:resync` record). A copy resynced (rolled back)
+/// and promoted again is a new incarnation: what was replayed into the old one may be gone.
+pub fn replay_scope(node: &str, copy: Option<&Dataset>) -> String {
+    match crate::plan::Marks::of(copy).epoch {
+        0 => node.to_owned(),
+        e => format!("{node}@{e}"),
+    }
+}
+
 /// The ledger of one cluster: `<state_dir>/<cluster>/replayed.jsonl`.
 pub struct Ledger {
     path: PathBuf,
     file: Option<File>,
+    /// Instance → the [`replay_scope`] of the copy replayed into (recorded with each entry).
+    scopes: BTreeMap<String, String>,
 }
 
 impl Ledger {
@@ -732,6 +744,31 @@ impl Ledger {
     pub fn read_for(
         path: &Path,
         node: Option<&str>,
+    ) -> Result<(BTreeSet<(String, String)>, usize), String> {
+        Self::read_where(path, |e| match (node, e.node.as_deref()) {
+            (Some(want), Some(n)) => want == n,
+            _ => true,
+        })
+    }
+
+    /// [`Ledger::read`], counting only the entries a replay into these copies must respect:
+    /// per instance, those recorded for its copy's [`replay_scope`] (and entries that name no
+    /// node, from older ledgers).
+    pub fn read_scoped(
+        path: &Path,
+        scopes: &BTreeMap<String, String>,
+    ) -> Result<(BTreeSet<(String, String)>, usize), String> {
+        Self::read_where(path, |e| {
+            match (scopes.get(&e.instance), e.node.as_deref()) {
+                (Some(want), Some(n)) => want == n,
+                _ => true,
+            }
+        })
+    }
+
+    fn read_where(
+        path: &Path,
+        keep: impl Fn(&LedgerEntry) -> bool,
     ) -> Result<(BTreeSet<(String, String)>, usize), String> {
         let f = match File::open(path) {
             Ok(f) => f,
@@ -755,11 +792,7 @@ impl Ledger {
             }
             match serde_json::from_slice::<LedgerEntry>(&line) {
                 Ok(e) => {
-                    let here = match (node, e.node.as_deref()) {
-                        (Some(want), Some(n)) => want == n,
-                        _ => true,
-                    };
-                    if here {
+                    if keep(&e) {
                         set.insert((e.queue_id, e.recipient));
                     }
                 }
@@ -774,7 +807,22 @@ impl Ledger {
         Ledger {
             path: Self::path(state_dir, cluster),
             file: None,
+            scopes: BTreeMap::new(),
         }
+    }
+
+    /// The copies replayed into, per instance ([`replay_scope`]).
+    pub fn with_scopes(mut self, scopes: BTreeMap<String, String>) -> Ledger {
+        self.scopes = scopes;
+        self
+    }
+
+    /// What an entry of `instance` replayed into `node` records as its node.
+    pub fn scope_of(&self, instance: &str, node: &str) -> String {
+        self.scopes
+            .get(instance)
+            .cloned()
+            .unwrap_or_else(|| node.to_owned())
     }
 
     /// Append one entry and make it durable (data and, on creation, the directory entry)
@@ -1076,7 +1124,7 @@ where
                     recipient: m.recipient.clone(),
                     message_id: m.message_id.clone(),
                     queued_as: queued_as(&reply),
-                    node: Some(label.to_owned()),
+                    node: Some(ledger.scope_of(&m.instance, label)),
                 };
                 m.reply = Some(reply.text());
                 m.action = MessageAction::Replayed;
@@ -1233,7 +1281,22 @@ pub async fn run(
 
     // 2. the replay ledger
     let ledger_path = Ledger::path(state_dir, cluster);
-    let (replayed, bad) = Ledger::read_for(&ledger_path, Some(active))?;
+    let pool = spec
+        .spec
+        .nodes
+        .iter()
+        .find(|(n, _)| n.as_str() == active)
+        .map(|(_, n)| n.pool.to_string())
+        .unwrap_or_default();
+    let scopes: BTreeMap<String, String> = instances
+        .iter()
+        .map(|(name, inst)| {
+            let ds = format!("{pool}/{}", inst.dataset.as_str());
+            let copy = obs.nodes.get(active).and_then(|o| o.dataset(&ds));
+            (name.to_string(), replay_scope(active, copy))
+        })
+        .collect();
+    let (replayed, bad) = Ledger::read_scoped(&ledger_path, &scopes)?;
     if bad > 0 {
         warnings.push(format!(
             "{bad} line(s) of {} did not parse (a torn last line after a crash is expected); ignored",
@@ -1289,7 +1352,7 @@ pub async fn run(
     // 5. re-inject
     let mut replay_secs = None;
     if !dry_run {
-        let mut ledger = Ledger::new(state_dir, cluster);
+        let mut ledger = Ledger::new(state_dir, cluster).with_scopes(scopes);
         let started = std::time::Instant::now();
         let any = messages
             .iter()

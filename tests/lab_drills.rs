@@ -127,7 +127,7 @@ fn power_loss_of_the_active_in_the_middle_of_a_large_send() {
     let st = state.as_path();
     let on_a = spec(dir.path(), "node-a", "5s", "5s");
     let on_b = spec(dir.path(), "node-b", "5s", "5s");
-    converge(st, &on_a, 4);
+    converge(st, &spec(dir.path(), "node-a", "1h", "1h"), 4);
     let mut accepted: BTreeSet<String> = send("students", USER, 20).into_iter().collect();
     // 300 MB the replica lacks (incompressible), then a replication of it, cut by power loss.
     exec_ok(
@@ -160,7 +160,7 @@ fn power_loss_of_the_active_in_the_middle_of_a_large_send() {
     accepted.extend(send("students", USER, 10));
     exactly_once("students", USER, &accepted, Duration::from_secs(90));
     lab_ok(&["boot", "node-a"]);
-    converge(st, &on_b, 6);
+    converge(st, &spec(dir.path(), "node-b", "1h", "1h"), 6);
     exactly_once("students", USER, &accepted, Duration::from_secs(60));
 }
 
@@ -199,7 +199,13 @@ fn the_controller_killed_at_every_boundary_of_a_switchover_a_failover_and_a_resy
         );
         converge(st, &specs[to].1, 4);
         assert!(runs_on(specs[to].0, "students") && !runs_on(specs[cur].0, "students"));
-        exactly_once("students", USER, &accepted, Duration::from_secs(60));
+        exactly_once_ctx(
+            "students",
+            USER,
+            &accepted,
+            Duration::from_secs(60),
+            &format!("switchover to {} killed after {k}", specs[to].0),
+        );
         cur = to;
         k += 1;
     }
@@ -224,7 +230,13 @@ fn the_controller_killed_at_every_boundary_of_a_switchover_a_failover_and_a_resy
             covered.push(format!("failover: {} boundaries of {n} actions", k - 1));
         }
         apply_ok(st, &specs[to].1);
-        exactly_once("students", USER, &accepted, Duration::from_secs(90));
+        exactly_once_ctx(
+            "students",
+            USER,
+            &accepted,
+            Duration::from_secs(90),
+            &format!("failover to {} killed after {k} of {n}", specs[to].0),
+        );
         lab_ok(&["boot", specs[cur].0]);
         let m = plan_len(st, &specs[to].1);
         if k < m {
@@ -239,7 +251,13 @@ fn the_controller_killed_at_every_boundary_of_a_switchover_a_failover_and_a_resy
         }
         converge(st, &specs[to].1, 6);
         assert!(runs_on(specs[to].0, "students") && !runs_on(specs[cur].0, "students"));
-        exactly_once("students", USER, &accepted, Duration::from_secs(60));
+        exactly_once_ctx(
+            "students",
+            USER,
+            &accepted,
+            Duration::from_secs(60),
+            &format!("resync of {} killed after {k} of {m}", specs[cur].0),
+        );
         cur = to;
         k += 1;
     }

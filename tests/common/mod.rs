@@ -245,6 +245,17 @@ impl Load {
 /// Every accepted message is in `user`'s mailbox on `instance`, none twice (waits for
 /// delivery up to `timeout`).
 pub fn exactly_once(instance: &str, user: &str, accepted: &BTreeSet<String>, timeout: Duration) {
+    exactly_once_ctx(instance, user, accepted, timeout, "")
+}
+
+/// [`exactly_once`], naming `ctx` (the step of a test) when it fails.
+pub fn exactly_once_ctx(
+    instance: &str,
+    user: &str,
+    accepted: &BTreeSet<String>,
+    timeout: Duration,
+    ctx: &str,
+) {
     let mut last = Vec::new();
     let ok = eventually(timeout, || {
         last = imap_ids(instance, user).ok()?;
@@ -255,13 +266,13 @@ pub fn exactly_once(instance: &str, user: &str, accepted: &BTreeSet<String>, tim
     let missing: Vec<&String> = accepted.difference(&set).collect();
     assert!(
         ok.is_some(),
-        "{} of {} accepted message(s) missing for {user}: {missing:?}",
+        "{ctx}: {} of {} accepted message(s) missing for {user}: {missing:?}",
         missing.len(),
         accepted.len()
     );
     assert_eq!(
         last.len(),
         set.len(),
-        "some message is in {user}'s mailbox twice"
+        "{ctx}: some message is in {user}'s mailbox twice"
     );
 }

@@ -89,10 +89,20 @@ pub fn run(
         })
         .collect();
     let inputs = arch_restore::instance_inputs(spec, obs, &instances, ctx, &active, target.window);
-    // what the ledger says was replayed into this node (`Ledger::read_for`)
+    // what the ledger says was replayed into this copy (`Ledger::read_scoped`): the node and
+    // its last promotion (`arch_restore::replay_scope`)
+    let epoch = w
+        .copy_of(spec, &active, instance)
+        .and_then(|c| c.user.get(spoolkeeper::plan::RESYNC_PROPERTY))
+        .map_or(0, |v| spoolkeeper::plan::Marks::decode(v).epoch);
+    let scope = if epoch == 0 {
+        active.clone()
+    } else {
+        format!("{active}@{epoch}")
+    };
     let replayed: BTreeSet<(String, String)> = ledger
         .iter()
-        .filter(|(_, _, n)| *n == active)
+        .filter(|(_, _, n)| *n == scope)
         .map(|(q, r, _)| (q.clone(), r.clone()))
         .collect();
     // users and the SINCE date doveadm is asked for, as the shell computes them
@@ -195,7 +205,7 @@ pub fn run(
             &m.recipient,
             &m.sender,
         );
-        ledger.insert((m.queue_id.clone(), m.recipient.clone(), active.clone()));
+        ledger.insert((m.queue_id.clone(), m.recipient.clone(), scope.clone()));
         replayed += 1;
     }
     if let Some(e) = errors.first() {
