@@ -506,6 +506,14 @@ proptest! {
     fn plans_converge((spec, o) in arb_case()) {
         let p = plan(&spec, &o, now(), &converged_ctx());
         prop_assert!(p.order().is_ok());
+        // the plan's own invariants hold on every plan (no unordered pair on one object, no
+        // promotion before a demotion or a fence)
+        prop_assert!(p.check(&spec).is_empty(), "{:?}\n{}", p.check(&spec), render::text(&p, None));
+        prop_assert!(
+            !p.blocked.iter().any(|b| matches!(b, Blocked::Invariant { .. })),
+            "{:?}",
+            p.blocked
+        );
         if p.is_blocked() {
             return Ok(());
         }
@@ -1160,4 +1168,108 @@ fn a_fence_is_forgotten_when_the_node_is_seen_again() {
     ctx.learn(&forget);
     assert!(ctx.fenced_by_command.is_empty());
     assert!(plan(&s, &converged(), now(), &ctx).is_empty());
+}
+
+/// The failover of the issue: node-a lost, node-b's replica hours old (a snapshot due on it),
+/// the instance maybe already started by hand on the read-only replica.
+fn lost_active(started_by_hand: bool) -> Observation {
+    let mut o = converged();
+    o.nodes.insert(
+        "node-a".into(),
+        NodeObservation::unreachable(UnreachableKind::Timeout, "power loss"),
+    );
+    o.nodes.insert(
+        "node-c".into(),
+        NodeObservation::unreachable(UnreachableKind::Timeout, "power loss"),
+    );
+    if started_by_hand {
+        let b = o.nodes.get_mut("node-b").unwrap();
+        b.instances
+            .insert("students".into(), state(RunState::Running));
+        b.datasets[0].mounted = Some(true);
+    }
+    o
+}
+
+#[test]
+fn a_failover_snapshots_the_promoted_copy_only_after_it_serves_and_owes_a_replay() {
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n  fenced: [node-a, node-c]\n");
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    // two hours later: a snapshot is due on node-b's replica
+    let later: Timestamp = "2026-11-28T14:00:00Z".parse().unwrap();
+    let p = plan(&s, &lost_active(false), later, &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    assert!(p.check(&s).is_empty(), "{:?}", p.check(&s));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} not in {ids:#?}"))
+    };
+    let snap = pos("node-b:snapshot:zdata/imap/students");
+    assert!(pos("node-b:set_readonly:zdata/imap/students") < snap);
+    assert!(pos("node-b:start_instance:students") < snap);
+    // the snapshot depends on the start (not merely listed after it)
+    let start = p.id_of("node-b:start_instance:students").unwrap();
+    let snap_id = p
+        .graph
+        .node_indices()
+        .find(|i| {
+            p.graph[*i]
+                .id
+                .starts_with("node-b:snapshot:zdata/imap/students")
+        })
+        .unwrap();
+    assert!(petgraph::algo::has_path_connecting(
+        &p.graph, start, snap_id, None
+    ));
+    // the replay is owed from the replica's newest snapshot, recorded before the promotion
+    assert!(
+        pos("node-b:set_user_property:zdata/imap/students:spoolkeeper:replay")
+            < pos("node-b:set_readonly:zdata/imap/students")
+    );
+}
+
+#[test]
+fn an_instance_started_by_hand_on_the_replica_does_not_skip_fencing() {
+    // without a fencing command nor attestation: blocked, nothing made writable
+    let s = spec_with("node-b", &[]);
+    let p = plan(&s, &lost_active(true), now(), &converged_ctx());
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| matches!(b, Blocked::OtherNodeNotFenced { node, .. } if node == "node-a")),
+        "{}",
+        render::text(&p, Some(&s))
+    );
+    assert!(
+        !kinds(&p)
+            .iter()
+            .any(|k| k.contains("set_readonly:zdata/imap/students"))
+    );
+    // with a fencing command: the fence runs first, and the replay is planned although the
+    // instance already runs
+    let s = spec_fencing("node-b");
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  fencing: { command: [/usr/local/sbin/fence, \"{node}\", \"{host}\"] }\n");
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s2 = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    for s in [s, s2] {
+        let p = plan(&s, &lost_active(true), now(), &converged_ctx());
+        assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+        let ids = kinds(&p);
+        let pos = |k: &str| ids.iter().position(|i| i.starts_with(k)).unwrap();
+        assert!(pos("controller:fence:node-a") < pos("node-b:set_readonly:zdata/imap/students"));
+        let fence = p.id_of("controller:fence:node-a").unwrap();
+        let rw = p.id_of("node-b:set_readonly:zdata/imap/students").unwrap();
+        assert!(petgraph::algo::has_path_connecting(
+            &p.graph, fence, rw, None
+        ));
+        if s.spec.archive.is_some() {
+            assert!(ids.iter().any(|i| i == "controller:arch_restore:students"));
+        }
+    }
 }

@@ -487,12 +487,10 @@ pub fn run(
             let tn = node_host(w, target)?;
             let exists = tn.copies.contains_key(target_dataset);
             match (from_i, exists) {
-                (None, true) => {
-                    if resume_token.is_none() {
-                        return Err(format!(
-                            "cannot receive new filesystem stream: destination '{target_dataset}' exists"
-                        ));
-                    }
+                (None, true) if resume_token.is_none() => {
+                    return Err(format!(
+                        "cannot receive new filesystem stream: destination '{target_dataset}' exists"
+                    ));
                 }
                 (Some(_), false) => {
                     return Err(format!(

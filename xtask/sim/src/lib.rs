@@ -16,16 +16,16 @@ pub mod world;
 pub use sim::{Failure, Sim, Stats};
 
 /// Run one seed for `steps` steps.
-pub fn run_seed(seed: u64, steps: usize, verbose: bool) -> Result<Stats, Failure> {
+pub fn run_seed(seed: u64, steps: usize, verbose: bool) -> Result<Stats, Box<Failure>> {
     match Sim::new(seed, verbose) {
         Ok(s) => s.run(steps),
-        Err(e) => Err(Failure {
+        Err(e) => Err(Box::new(Failure {
             seed,
             step: 0,
             message: e,
             scenario: String::new(),
             trace: Vec::new(),
             stats: Stats::default(),
-        }),
+        })),
     }
 }

@@ -29,7 +29,7 @@ pub struct Params {
 /// `90` → `90s`, `600` → `10m`, `86400` → `1d`: the largest unit that divides it.
 pub fn duration(secs: u64) -> String {
     for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= n && secs % n == 0 {
+        if secs >= n && secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }

@@ -792,7 +792,7 @@ impl Sim {
         Err(format!("{what}: not converged after {max} applies"))
     }
 
-    pub fn run(mut self, steps: usize) -> Result<Stats, Failure> {
+    pub fn run(mut self, steps: usize) -> Result<Stats, Box<Failure>> {
         if let Err(e) = self.run_inner(steps) {
             if self.verbose {
                 for n in self.w.nodes.values() {
@@ -818,7 +818,7 @@ impl Sim {
                     }
                 }
             }
-            return Err(self.fail(e));
+            return Err(Box::new(self.fail(e)));
         }
         Ok(self.stats)
     }

@@ -335,7 +335,7 @@ impl World {
         uncertainty_ms: i64,
     ) -> Observation {
         let mut nodes = BTreeMap::new();
-        for (name, _) in &spec.spec.nodes {
+        for name in spec.spec.nodes.keys() {
             let Some(n) = self.nodes.get(name.as_str()) else {
                 continue;
             };
@@ -373,7 +373,7 @@ impl World {
             let mut datasets = Vec::new();
             let mut missing = Vec::new();
             let mut instances = BTreeMap::new();
-            for (iname, _) in &spec.spec.instances {
+            for iname in spec.spec.instances.keys() {
                 let Some(ds) = Self::dataset_of(spec, name.as_str(), iname.as_str()) else {
                     continue;
                 };
