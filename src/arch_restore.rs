@@ -1,5 +1,5 @@
 //! `arch-restore`: re-inject the archived copies of mail the active spool may have lost, exactly
-//! once (DOMAIN.md guarantees 1 and 2).
+//! once (docs/DOMAIN.md guarantees 1 and 2).
 //!
 //! # The flow, and its round trips
 //!

@@ -1,4 +1,4 @@
-//! The command line of CONTRACT.md. Each command returns its exit code; nothing here
+//! The command line of docs/CONTRACT.md. Each command returns its exit code; nothing here
 //! decides anything the core does not.
 
 use std::io::Write;

@@ -5,7 +5,7 @@
 //! identifies the same data). A refusal is a typed [`Conflict`] carrying the snapshots that prove
 //! it, so the operator's message, the JSON plan and the exit code come from one value (the shape
 //! of zrepl's `replication/logic/diff`). Nothing here ever proposes `zfs receive -F`: a replica
-//! that holds anything the source does not is the operator's call (guarantee 4 of DOMAIN.md).
+//! that holds anything the source does not is the operator's call (guarantee 4 of docs/DOMAIN.md).
 
 use std::collections::HashSet;
 use std::fmt;

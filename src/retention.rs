@@ -9,7 +9,7 @@
 //!
 //! A snapshot is spoolkeeper's only when its name is exactly `<prefix>_<YYYYMMDD>T<HHMMSS>Z`
 //! (UTC, e.g. `sk_20261128T180000Z`). Anything else (`sk2_…`, `sk_garbage`, `autosnap_…`, a
-//! snapshot an operator took by hand) is never pruned: guarantee 4 of DOMAIN.md, "nothing
+//! snapshot an operator took by hand) is never pruned: guarantee 4 of docs/DOMAIN.md, "nothing
 //! destroyed without cause". The timestamp form sorts lexically in time order and has a single
 //! spelling per instant, so a name cannot be read two ways.
 //!

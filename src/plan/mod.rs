@@ -1,7 +1,7 @@
 //! The pure planner: `plan(spec, observed, now) -> Plan`.
 //!
 //! No I/O and no clock: the observed model and the time come in, a DAG of typed actions and
-//! typed blocked reasons come out. Safety rules of DOMAIN.md are checks here; when one fires,
+//! typed blocked reasons come out. Safety rules of docs/DOMAIN.md are checks here; when one fires,
 //! the plan carries a [`Blocked`] and `apply` refuses to run it (exit 3).
 
 mod action;

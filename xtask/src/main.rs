@@ -1,6 +1,6 @@
 //! `cargo xtask`: developer tasks of the spoolkeeper workspace.
 //!
-//! `lab` drives the three-host lab (see `lab` module and CONTRACT.md "The lab").
+//! `lab` drives the three-host lab (see `lab` module and docs/CONTRACT.md "The lab").
 
 mod bench;
 mod bench_observe;
