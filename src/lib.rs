@@ -1,27 +1,23 @@
 //! spoolkeeper: declarative disaster recovery for ZFS-backed IMAP spools.
 //!
-//! The crate is layered as a functional core (spec, observed model, planner) and an
-//! imperative shell (transport, adapters, executor, controller). See
-//! `docs/ARCHITECTURE.md` for the module map and the data flow.
+//! The tree is the data flow. The functional core never does I/O and never reads a clock
+//! (`tests/layout.rs` holds the rule): `spec` (parse and validate), `model` (observed values),
+//! `adapters` (per tool: argv builders and parsers), `decide` (pure decisions, the clock
+//! injected), `plan` (the action graph). The imperative shell: `transport` (local, SSH,
+//! batches, SMTP), `observe` (hosts → model), `apply` (the executor and the replay), `state`
+//! (journal, lock, replay ledger on the controller), `cli` (the only place with a runtime,
+//! stdout and exit codes). See `docs/ARCHITECTURE.md` for the module map.
 
-pub mod apply;
-pub mod arch_restore;
-pub mod archive;
-pub mod capabilities;
-pub mod cli;
-pub mod dovecot;
-pub mod host;
-pub mod jail;
-pub mod observe;
-pub mod observed;
+// the functional core
+pub mod adapters;
+pub mod decide;
+pub mod model;
 pub mod plan;
-pub mod postfix;
-pub mod postfix_cmd;
-pub mod replication;
-pub mod retention;
-pub mod rpo;
-pub mod smtp;
 pub mod spec;
-pub mod status;
-pub mod summary;
-pub mod zfs;
+
+// the imperative shell
+pub mod apply;
+pub mod cli;
+pub mod observe;
+pub mod state;
+pub mod transport;

@@ -1,7 +1,7 @@
 //! Parser tests on recorded outputs (see tests/fixtures/SOURCES.md).
 
-use spoolkeeper::observed::{DatasetKind, RunState, ZfsFlavour};
-use spoolkeeper::{jail, postfix, zfs};
+use spoolkeeper::adapters::{jail, postfix, zfs};
+use spoolkeeper::model::{DatasetKind, RunState, ZfsFlavour};
 
 fn fixture(p: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -107,7 +107,7 @@ fn postqueue_hold_deferred_active() {
     assert_eq!(q[0].sender, "MAILER-DAEMON");
     assert!(!q[0].forced_expire);
     assert_eq!(q[0].arrival_time.as_second(), 1795890359);
-    let obs = spoolkeeper::observed::PostfixObservation {
+    let obs = spoolkeeper::model::PostfixObservation {
         settings: Default::default(),
         queue: q,
         files: Default::default(),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use spoolkeeper::arch_restore::{self, MessageAction, Report};
+use spoolkeeper::decide::restore::{self, MessageAction, Report};
 use spoolkeeper::spec::Spec;
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -120,9 +120,9 @@ fn held_for(user: &str) -> BTreeMap<String, usize> {
             .unwrap_or_default();
         let mut m = BTreeMap::new();
         for id in held {
-            let argv = spoolkeeper::postfix_cmd::postcat_argv([id.as_str()]).expect("id");
+            let argv = spoolkeeper::adapters::postfix_cmd::postcat_argv([id.as_str()]).expect("id");
             let out = arch.run(&argv).await.expect("postcat");
-            if let Ok(d) = spoolkeeper::postfix_cmd::parse_postcat(&out.stdout) {
+            if let Ok(d) = spoolkeeper::adapters::postfix_cmd::parse_postcat(&out.stdout) {
                 for msg in d.messages {
                     if let Some(mid) = msg.message_id {
                         *m.entry(mid).or_insert(0) += 1;
@@ -140,12 +140,12 @@ fn arch_restore(state: &Path) -> Report {
     rt.block_on(async {
         let conns = spoolkeeper::observe::connect(&spec).await;
         let obs = spoolkeeper::observe::observe(&spec, &conns).await;
-        arch_restore::run(
+        restore::run(
             &spec,
             &conns,
             &obs,
             Some("students"),
-            arch_restore::Target::ACTIVE,
+            restore::Target::ACTIVE,
             false,
             state,
         )

@@ -8,7 +8,7 @@ mod common;
 
 use common::sk::*;
 use common::*;
-use spoolkeeper::host::{AnyHost, Host, RoundTrips, SshConfig, SshHost};
+use spoolkeeper::transport::host::{AnyHost, Host, RoundTrips, SshConfig, SshHost};
 use std::time::{Duration, Instant};
 
 const AWKWARD: &[&str] = &[
@@ -73,7 +73,7 @@ async fn host_key_refused(known_hosts: &str, what: &str) {
         Ok(_) => panic!("{what}: the connection was accepted"),
         Err(err) => assert_eq!(
             err.unreachable_kind(),
-            Some(spoolkeeper::observed::UnreachableKind::HostKey),
+            Some(spoolkeeper::model::UnreachableKind::HostKey),
             "{what}: {err}"
         ),
     }

@@ -5,18 +5,17 @@
 //! Parallelism is bounded globally and per host. Each action runs in a tracing span with
 //! its id and is journaled before and after.
 
-pub mod journal;
-pub mod lock;
 pub mod walk;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::host::Host;
 use crate::observe::Connections;
 use crate::plan::{Action, ActionKind, Plan, Target, commands};
 use crate::spec::Spec;
+use crate::transport::host::Host;
 
-use journal::{Journal, Phase};
+use crate::state::journal::{Journal, Phase};
+use crate::state::lock;
 
 /// How many actions may run at once.
 #[derive(Debug, Clone, Copy)]
@@ -255,7 +254,7 @@ async fn run_action(
         anchor,
     } = &a.kind
     {
-        use crate::arch_restore::{Target, Window};
+        use crate::decide::restore::{Target, Window};
         let target = Target {
             node: node.as_deref(),
             window: match (node, anchor) {
@@ -266,9 +265,16 @@ async fn run_action(
         };
         // A fresh look: the instance was just started, the archive queue moved on.
         let obs = crate::observe::observe(spec, conns).await;
-        let report =
-            crate::arch_restore::run(spec, conns, &obs, Some(instance), target, false, state_dir)
-                .await?;
+        let report = crate::decide::restore::run(
+            spec,
+            conns,
+            &obs,
+            Some(instance),
+            target,
+            false,
+            state_dir,
+        )
+        .await?;
         tracing::info!(instance = %instance, report = %report.text().trim(), "arch-restore");
         return if report.ok() {
             Ok(())
@@ -312,7 +318,7 @@ const WAIT_DELIVERED: std::time::Duration = std::time::Duration::from_secs(60);
 /// Poll the host's queue until nothing is queued for `domains` (the local deliveries of an
 /// instance; its archive copies are at the archive domain and do not count).
 async fn wait_delivered(host: &Host, instance: &str, domains: &[String]) -> Result<(), String> {
-    let argv = crate::postfix::postqueue_argv();
+    let argv = crate::adapters::postfix::postqueue_argv();
     let until = std::time::Instant::now() + WAIT_DELIVERED;
     loop {
         let out = host.run(&argv).await.map_err(|e| e.to_string())?;
@@ -324,9 +330,9 @@ async fn wait_delivered(host: &Host, instance: &str, domains: &[String]) -> Resu
                 out.stderr_text().trim()
             ));
         }
-        let queue =
-            crate::postfix::parse_postqueue(&out.stdout_text()).map_err(|e| e.to_string())?;
-        let pending = crate::arch_restore::spool_pending(&queue, domains).len();
+        let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
+            .map_err(|e| e.to_string())?;
+        let pending = crate::decide::restore::spool_pending(&queue, domains).len();
         if pending == 0 {
             return Ok(());
         }
@@ -468,7 +474,7 @@ pub async fn release_lock(host: &Host, cluster: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{AnyHost, LocalHost, RoundTrips};
+    use crate::transport::host::{AnyHost, LocalHost, RoundTrips};
 
     fn local(label: &str, trips: &RoundTrips) -> Host {
         Host::new(label, AnyHost::Local(LocalHost), trips)

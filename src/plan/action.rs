@@ -83,7 +83,7 @@ pub enum ActionKind {
         dataset: String,
         name: String,
         #[serde(default)]
-        backlog: crate::archive::SpoolBacklog,
+        backlog: crate::decide::archive::SpoolBacklog,
     },
     /// Write a file (atomically: a temporary file renamed over it), e.g. a Postfix table.
     WriteFile { path: String, content: String },

@@ -26,14 +26,14 @@ impl Planner<'_> {
                         .get("config_directory")
                         .cloned()
                         .unwrap_or_else(|| "/etc/postfix".into());
-                    let path = format!("{dir}/{}", crate::archive::HOLD_MAP_FILE);
-                    let table = crate::archive::hold_access_map(template.archive_domain());
+                    let path = format!("{dir}/{}", crate::decide::archive::HOLD_MAP_FILE);
+                    let table = crate::decide::archive::hold_access_map(template.archive_domain());
                     let want =
-                        crate::archive::archive_host_settings(template.archive_domain(), &path);
+                        crate::decide::archive::archive_host_settings(template.archive_domain(), &path);
                     archive_ready = self.postfix_config(
                         Target::Archive,
                         pf,
-                        crate::archive::HOLD_MAP_FILE,
+                        crate::decide::archive::HOLD_MAP_FILE,
                         &path,
                         &table,
                         &want,
@@ -67,19 +67,19 @@ impl Planner<'_> {
                 .values()
                 .flat_map(|i| i.domains.iter().cloned())
                 .collect();
-            match crate::archive::bcc_map(template, &domains) {
+            match crate::decide::archive::bcc_map(template, &domains) {
                 Ok(table) => {
                     let dir = pf
                         .settings
                         .get("config_directory")
                         .cloned()
                         .unwrap_or_else(|| "/etc/postfix".into());
-                    let path = format!("{dir}/{}", crate::archive::BCC_MAP_FILE);
-                    let want = crate::archive::spool_settings(&path);
+                    let path = format!("{dir}/{}", crate::decide::archive::BCC_MAP_FILE);
+                    let want = crate::decide::archive::spool_settings(&path);
                     let ids = self.postfix_config(
                         Target::Node(active.to_string()),
                         pf,
-                        crate::archive::BCC_MAP_FILE,
+                        crate::decide::archive::BCC_MAP_FILE,
                         &path,
                         &table,
                         &want,
@@ -103,7 +103,7 @@ impl Planner<'_> {
     fn postfix_config(
         &mut self,
         host: Target,
-        pf: &crate::observed::PostfixObservation,
+        pf: &crate::model::PostfixObservation,
         file: &str,
         path: &str,
         table: &str,
@@ -176,7 +176,7 @@ impl Planner<'_> {
             return;
         };
         let Some(pf) = &a.postfix else { return };
-        let held: Vec<crate::observed::QueueEntry> = pf.held().cloned().collect();
+        let held: Vec<crate::model::QueueEntry> = pf.held().cloned().collect();
         if held.is_empty() {
             return;
         }
@@ -208,7 +208,7 @@ impl Planner<'_> {
             let least = replicas
                 .iter()
                 .filter_map(|r| r.base.clone())
-                .min_by(crate::retention::age_order);
+                .min_by(crate::decide::retention::age_order);
             let backlog = least
                 .as_ref()
                 .and_then(|b| {
@@ -218,7 +218,7 @@ impl Planner<'_> {
                         .or_else(|| self.ctx.backlog(&ds, &b.name))
                 })
                 .unwrap_or_default();
-            match crate::archive::watermark_with(
+            match crate::decide::archive::watermark_with(
                 least.as_ref(),
                 backlog,
                 a_obs.capabilities.clock_offset_ms,
@@ -228,7 +228,8 @@ impl Planner<'_> {
             ) {
                 Err(refusal) => self.plan.note(format!("{name}: {refusal}")),
                 Ok(w) => {
-                    let purge = crate::archive::purge_set(&w, &held, &inst.domains, &arch.address);
+                    let purge =
+                        crate::decide::archive::purge_set(&w, &held, &inst.domains, &arch.address);
                     if purge.is_empty() {
                         continue;
                     }

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::replication::Conflict;
+use crate::decide::replication::Conflict;
 
 /// Why (part of) a plan cannot run, with what the operator can do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 
 use jiff::Timestamp;
 
-use crate::observed::{Dataset, DatasetKind, InstanceState, Observation, RunState, Snapshot};
+use crate::model::{Dataset, DatasetKind, InstanceState, Observation, RunState, Snapshot};
 
 use super::{Action, ActionKind, Target};
 
@@ -224,7 +224,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
 /// A snapshot's creation as the name we gave it says (names carry the controller's clock).
 fn obs_now(name: &str) -> Timestamp {
     name.rsplit_once('_')
-        .and_then(|(p, _)| crate::retention::parse_owned(p, name))
+        .and_then(|(p, _)| crate::decide::retention::parse_owned(p, name))
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
@@ -283,7 +283,7 @@ fn replicate(obs: &mut Observation, source: &str, sds: &str, target: &str, tds: 
     }
 }
 
-fn postfix_effect(pf: &mut crate::observed::PostfixObservation, kind: &ActionKind) {
+fn postfix_effect(pf: &mut crate::model::PostfixObservation, kind: &ActionKind) {
     match kind {
         ActionKind::WriteFile { path, content } => {
             let name = path.rsplit('/').next().unwrap_or(path);

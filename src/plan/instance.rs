@@ -8,7 +8,7 @@ use super::{
     Action, ActionKind, Blocked, Marks, Planner, REPLAY_PROPERTY, RESYNC_PROPERTY, Target,
     dataset_name, graph, marks, property_matches,
 };
-use crate::observed::{Dataset, RunState};
+use crate::model::{Dataset, RunState};
 use crate::spec::{Instance, NodeName};
 
 impl Planner<'_> {
@@ -35,7 +35,7 @@ impl Planner<'_> {
                 .filter(|n| !self.superseded(n, inst))
                 .filter(|n| {
                     self.copy(n, inst).is_some_and(|od| {
-                        !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty()
+                        !crate::decide::replication::ahead(&ad.snapshots, &od.snapshots).is_empty()
                     })
                 })
                 .map(|n| n.to_string())
@@ -54,7 +54,7 @@ impl Planner<'_> {
             // Live: runs the instance, is writable, or was written after its newest snapshot.
             // Ahead: only holds snapshots the active replica lacks (a replica more up to date).
             let mut live: Vec<NodeName> = Vec::new();
-            let mut ahead_only: Vec<(NodeName, Vec<crate::observed::Snapshot>)> = Vec::new();
+            let mut ahead_only: Vec<(NodeName, Vec<crate::model::Snapshot>)> = Vec::new();
             for n in spec
                 .spec
                 .nodes
@@ -79,7 +79,9 @@ impl Planner<'_> {
                 let written = od.other_properties.get("written").is_some_and(|w| w != "0");
                 if running || od.readonly == Some(false) || written {
                     live.push(n.clone());
-                } else if !crate::replication::ahead(&ad.snapshots, &od.snapshots).is_empty() {
+                } else if !crate::decide::replication::ahead(&ad.snapshots, &od.snapshots)
+                    .is_empty()
+                {
                     ahead_only.push((n.clone(), od.snapshots.clone()));
                 }
             }
@@ -90,9 +92,9 @@ impl Planner<'_> {
                 [] => ahead_only
                     .iter()
                     .find(|(_, most)| {
-                        ahead_only
-                            .iter()
-                            .all(|(_, other)| crate::replication::ahead(most, other).is_empty())
+                        ahead_only.iter().all(|(_, other)| {
+                            crate::decide::replication::ahead(most, other).is_empty()
+                        })
                     })
                     .map(|(n, _)| n.clone()),
                 _ => None,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::observed::Dataset;
+use crate::model::Dataset;
 
 /// The dataset property naming the nodes to resync after a failover.
 pub const RESYNC_PROPERTY: &str = "spoolkeeper:resync";

@@ -27,10 +27,10 @@ pub use action::{Access, Action, ActionKind, Effect, Object, Target};
 pub use blocked::Blocked;
 pub use graph::{CycleError, Plan};
 
-use crate::jail::{self, RuntimeVerb};
-use crate::observed::{Dataset, NodeObservation, Observation};
+use crate::adapters::jail::{self, RuntimeVerb};
+use crate::adapters::zfs;
+use crate::model::{Dataset, NodeObservation, Observation};
 use crate::spec::{NodeName, Spec};
-use crate::zfs;
 
 pub use marks::{Marks, REPLAY_PROPERTY, RESYNC_PROPERTY, ResyncPhase};
 
@@ -98,7 +98,7 @@ pub struct Context {
     /// [`Context::backlog_key`] (the dataset without its pool: a snapshot keeps its name and
     /// its meaning on every node it is replicated to), which the archive watermark needs;
     /// unknown snapshots are never used to purge.
-    pub backlogs: BTreeMap<String, crate::archive::SpoolBacklog>,
+    pub backlogs: BTreeMap<String, crate::decide::archive::SpoolBacklog>,
 }
 
 impl Context {
@@ -110,7 +110,11 @@ impl Context {
     }
 
     /// The backlog recorded for a snapshot of `dataset` (full name, any node).
-    pub fn backlog(&self, dataset: &str, snapshot: &str) -> Option<crate::archive::SpoolBacklog> {
+    pub fn backlog(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Option<crate::decide::archive::SpoolBacklog> {
         self.backlogs
             .get(&Self::backlog_key(dataset, snapshot))
             .copied()
@@ -190,7 +194,7 @@ pub fn plan(spec: &Spec, obs: &Observation, now: Timestamp, ctx: &Context) -> Pl
 struct ReplicaBase {
     /// Its newest snapshot in common with the serving copy once this plan ran (`None`:
     /// unreachable, missing, conflicting: no purge).
-    base: Option<crate::observed::Snapshot>,
+    base: Option<crate::model::Snapshot>,
     /// The replication bringing it there this run, which the purge waits for.
     after: Option<graph::Id>,
 }
@@ -206,7 +210,7 @@ struct Planner<'a> {
     /// Per instance: what each replica holds after this plan.
     bases: BTreeMap<String, Vec<ReplicaBase>>,
     /// Backlogs of the snapshots planned this run ([`Context::backlog_key`]).
-    planned_backlogs: BTreeMap<String, crate::archive::SpoolBacklog>,
+    planned_backlogs: BTreeMap<String, crate::decide::archive::SpoolBacklog>,
     /// Instances with a replay of the archive owed: no purge for them until it completed.
     replay_owed: BTreeSet<String>,
 }
@@ -223,7 +227,7 @@ impl<'a> Planner<'a> {
 
     fn why_unreachable(&self, n: &NodeName) -> String {
         match self.node(n).map(|o| &o.reachability) {
-            Some(crate::observed::Reachability::Unreachable { kind, message }) => {
+            Some(crate::model::Reachability::Unreachable { kind, message }) => {
                 format!("{kind:?}: {message}").to_lowercase()
             }
             Some(_) => "reachable".into(),
@@ -243,11 +247,11 @@ impl<'a> Planner<'a> {
 
     /// A snapshot name for `now` that the dataset does not have yet (names carry seconds:
     /// two snapshots in one second take the next free second).
-    fn fresh_snapshot_name(&self, existing: &[crate::observed::Snapshot]) -> String {
+    fn fresh_snapshot_name(&self, existing: &[crate::model::Snapshot]) -> String {
         let prefix = self.spec.spec.snapshots.prefix.as_str();
         let mut at = self.now;
         loop {
-            let name = crate::retention::snapshot_name(prefix, at);
+            let name = crate::decide::retention::snapshot_name(prefix, at);
             if !existing.iter().any(|s| s.name == name) {
                 return name;
             }
@@ -265,11 +269,11 @@ impl<'a> Planner<'a> {
         &self,
         node: &NodeName,
         inst: &crate::spec::Instance,
-    ) -> crate::archive::SpoolBacklog {
-        use crate::archive::SpoolBacklog;
+    ) -> crate::decide::archive::SpoolBacklog {
+        use crate::decide::archive::SpoolBacklog;
         let at = |n: &NodeName| {
             let o = self.node(n);
-            crate::archive::backlog_at(
+            crate::decide::archive::backlog_at(
                 o.and_then(|o| o.postfix.as_ref())
                     .map(|p| p.queue.as_slice()),
                 &inst.domains,
@@ -498,9 +502,13 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             }
             v
         }
-        ActionKind::PurgeArchive { .. } => vec![crate::postfix_cmd::postsuper_delete_argv()],
-        ActionKind::DropQueued { .. } => vec![crate::postfix_cmd::postsuper_delete_queued_argv()],
-        ActionKind::WaitDelivered { .. } => vec![crate::postfix::postqueue_argv()],
+        ActionKind::PurgeArchive { .. } => {
+            vec![crate::adapters::postfix_cmd::postsuper_delete_argv()]
+        }
+        ActionKind::DropQueued { .. } => {
+            vec![crate::adapters::postfix_cmd::postsuper_delete_queued_argv()]
+        }
+        ActionKind::WaitDelivered { .. } => vec![crate::adapters::postfix::postqueue_argv()],
         ActionKind::Fence { node: fenced } => {
             let f = spec
                 .spec
@@ -617,7 +625,7 @@ pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
         ActionKind::WriteFile { content, .. } => Some(content.as_bytes().to_vec()),
         ActionKind::PurgeArchive { queue_ids, .. } | ActionKind::DropQueued { queue_ids, .. } => {
             Some(
-                crate::postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
+                crate::adapters::postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
                     .map_err(|e| e.to_string())?,
             )
         }

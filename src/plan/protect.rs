@@ -5,7 +5,7 @@ use super::{
     Action, ActionKind, Blocked, Context, Marks, Planner, ReplicaBase, ResyncPhase, Target,
     dataset_name, graph,
 };
-use crate::observed::Snapshot;
+use crate::model::Snapshot;
 use crate::spec::{Instance, NodeName};
 
 impl Planner<'_> {
@@ -55,12 +55,17 @@ impl Planner<'_> {
 
         // 1. A snapshot when one is due.
         let mut snap_id = None;
-        if crate::retention::snapshot_due(prefix, snaps_spec.every.as_std(), &source, self.now) {
+        if crate::decide::retention::snapshot_due(
+            prefix,
+            snaps_spec.every.as_std(),
+            &source,
+            self.now,
+        ) {
             let sname = self.fresh_snapshot_name(&source);
             let reason = match source
                 .iter()
                 .rev()
-                .find(|s| crate::retention::parse_owned(prefix, &s.name).is_some())
+                .find(|s| crate::decide::retention::parse_owned(prefix, &s.name).is_some())
             {
                 Some(last) => format!(
                     "the last snapshot ({}) is older than snapshots.every {}",
@@ -96,7 +101,7 @@ impl Planner<'_> {
         let after_snapshot: Vec<graph::Id> = snap_id.into_iter().chain(created).collect();
 
         // 2. Replication to every other reachable node.
-        let mut protected_on_active: Vec<crate::retention::SnapshotRef> = Vec::new();
+        let mut protected_on_active: Vec<crate::decide::retention::SnapshotRef> = Vec::new();
         let mut prune_active = true;
         let mut before_prune_active: Vec<graph::Id> = after_snapshot.clone();
         let mut replicas: Vec<ReplicaBase> = Vec::new();
@@ -175,16 +180,16 @@ impl Planner<'_> {
             let written = t_ds
                 .and_then(|d| d.other_properties.get("written"))
                 .and_then(|w| w.parse::<u64>().ok());
-            let step = crate::replication::replication_step(&source, target_snaps, written);
+            let step = crate::decide::replication::replication_step(&source, target_snaps, written);
             let observed_base = target_snaps
-                .and_then(|t| crate::replication::common_base(&source, t))
+                .and_then(|t| crate::decide::replication::common_base(&source, t))
                 .cloned();
             if let Some(b) = &observed_base {
-                protected_on_active.push(crate::retention::SnapshotRef::Guid(b.guid));
+                protected_on_active.push(crate::decide::retention::SnapshotRef::Guid(b.guid));
             }
             let (base, to) = match step {
-                crate::replication::ReplicationStep::Conflict(
-                    crate::replication::Conflict::SourceEmpty,
+                crate::decide::replication::ReplicationStep::Conflict(
+                    crate::decide::replication::Conflict::SourceEmpty,
                 ) => {
                     replicas.push(ReplicaBase {
                         base: None,
@@ -192,7 +197,7 @@ impl Planner<'_> {
                     });
                     continue;
                 }
-                crate::replication::ReplicationStep::Conflict(conflict) => {
+                crate::decide::replication::ReplicationStep::Conflict(conflict) => {
                     prune_active = false;
                     all_bases_known = false;
                     self.plan.block(Blocked::Replication {
@@ -206,9 +211,11 @@ impl Planner<'_> {
                     });
                     continue;
                 }
-                crate::replication::ReplicationStep::UpToDate { base } => (Some(base), None),
-                crate::replication::ReplicationStep::Full { to } => (None, Some(to)),
-                crate::replication::ReplicationStep::Incremental { base, to } => {
+                crate::decide::replication::ReplicationStep::UpToDate { base } => {
+                    (Some(base), None)
+                }
+                crate::decide::replication::ReplicationStep::Full { to } => (None, Some(to)),
+                crate::decide::replication::ReplicationStep::Incremental { base, to } => {
                     (Some(base), Some(to))
                 }
             };
@@ -255,7 +262,8 @@ impl Planner<'_> {
                 repl_id = Some(id);
                 new_base = Some(to.clone());
                 before_prune_active.push(id);
-                protected_on_active.push(crate::retention::SnapshotRef::Name(to.name.clone()));
+                protected_on_active
+                    .push(crate::decide::retention::SnapshotRef::Name(to.name.clone()));
                 if t_ds.is_none() {
                     // A full receive leaves the new replica writable: make it read-only.
                     let ro = self.plan.add(Action::new(
@@ -311,7 +319,7 @@ impl Planner<'_> {
                     (true, Some(t)) => {
                         if let Some(xd) = self.copy(x, inst)
                             && let Some(b) =
-                                crate::replication::common_base(&t.snapshots, &xd.snapshots)
+                                crate::decide::replication::common_base(&t.snapshots, &xd.snapshots)
                         {
                             third_bases.push(b.clone());
                         }
@@ -321,17 +329,22 @@ impl Planner<'_> {
             }
             if let Some(t) = t_ds.filter(|_| third_known) {
                 let keep = snaps_spec.keep_passive.unwrap_or(snaps_spec.keep);
-                let mut protect: Vec<crate::retention::SnapshotRef> = Vec::new();
+                let mut protect: Vec<crate::decide::retention::SnapshotRef> = Vec::new();
                 for b in [&observed_base, &new_base]
                     .into_iter()
                     .flatten()
                     .chain(third_bases.iter())
                 {
-                    protect.push(crate::retention::SnapshotRef::Guid(b.guid));
-                    protect.push(crate::retention::SnapshotRef::Name(b.name.clone()));
+                    protect.push(crate::decide::retention::SnapshotRef::Guid(b.guid));
+                    protect.push(crate::decide::retention::SnapshotRef::Name(b.name.clone()));
                 }
-                let decision =
-                    crate::retention::prune(&keep, prefix, &t.snapshots, &protect, self.now);
+                let decision = crate::decide::retention::prune(
+                    &keep,
+                    prefix,
+                    &t.snapshots,
+                    &protect,
+                    self.now,
+                );
                 if !decision.destroy.is_empty() {
                     let batch = t_obs
                         .capabilities
@@ -367,7 +380,7 @@ impl Planner<'_> {
 
         // 5. Retention on the serving copy.
         if prune_active {
-            let decision = crate::retention::prune(
+            let decision = crate::decide::retention::prune(
                 &snaps_spec.keep,
                 prefix,
                 &source,

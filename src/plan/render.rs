@@ -205,7 +205,11 @@ pub fn text(plan: &Plan, spec: Option<&Spec>) -> String {
             );
             let _ = writeln!(o, "         why: {}", a.reason);
             for c in &a.commands {
-                let _ = writeln!(o, "         $ {}", crate::host::remote_command_line(c));
+                let _ = writeln!(
+                    o,
+                    "         $ {}",
+                    crate::transport::host::remote_command_line(c)
+                );
             }
         }
     }

@@ -6,7 +6,7 @@
 //! replay, are deleted so that they are never delivered twice (phase 2).
 
 use super::{Action, ActionKind, Marks, Planner, RESYNC_PROPERTY, ResyncPhase, Target, graph};
-use crate::observed::{Dataset, Snapshot};
+use crate::model::{Dataset, Snapshot};
 use crate::spec::{Instance, NodeName};
 
 impl Planner<'_> {
@@ -23,14 +23,15 @@ impl Planner<'_> {
         after_snapshot: &[graph::Id],
         update: &mut MarksUpdate,
     ) -> Option<graph::Id> {
-        let Some(base) = crate::replication::common_base(source, &t.snapshots).cloned() else {
+        let Some(base) = crate::decide::replication::common_base(source, &t.snapshots).cloned()
+        else {
             // Nothing in common any more (with three nodes, each replica prunes on its own):
             // the returning copy is set aside whole, and a full copy received in its place.
             return self.resync_full(active, other, name, ds, source, t, after_snapshot, update);
         };
         let to = source.last().cloned()?;
         let host = Target::Node(other.to_string());
-        let stamp = crate::retention::snapshot_name("x", self.now);
+        let stamp = crate::decide::retention::snapshot_name("x", self.now);
         let stamp = stamp.trim_start_matches("x_");
         let preserve_snap = format!("spoolkeeper-preserve-{stamp}");
         let file = format!(
@@ -140,7 +141,7 @@ impl Planner<'_> {
         update: &mut MarksUpdate,
     ) -> Option<graph::Id> {
         let to = source.last().cloned()?;
-        let stamp = crate::retention::snapshot_name("x", self.now);
+        let stamp = crate::decide::retention::snapshot_name("x", self.now);
         let aside = format!("{}_preserved_{}", t.name, stamp.trim_start_matches("x_"));
         let host = Target::Node(other.to_string());
         let stop = self.plan.id_of(&format!("{other}:stop_instance:{name}"));
@@ -253,7 +254,7 @@ impl Planner<'_> {
             ));
             return None;
         };
-        let ours = |e: &crate::observed::QueueEntry| {
+        let ours = |e: &crate::model::QueueEntry| {
             e.recipients
                 .iter()
                 .any(|r| inst.domains.iter().any(|d| at(&r.address, d)))

@@ -7,7 +7,7 @@
 //! switchover from it.
 
 use super::{Action, ActionKind, Blocked, Plan, Planner, Target, dataset_name, graph};
-use crate::observed::{Dataset, RunState, Snapshot};
+use crate::model::{Dataset, RunState, Snapshot};
 use crate::spec::{Instance, NodeName};
 
 impl Planner<'_> {
@@ -47,12 +47,12 @@ impl Planner<'_> {
             }
         }
         let Some(base) =
-            crate::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
+            crate::decide::replication::common_base(&src.snapshots, &replica.snapshots).cloned()
         else {
             self.plan.block(Blocked::Replication {
                 instance: name.into(),
                 node: active.to_string(),
-                conflict: crate::replication::Conflict::NoCommonSnapshot {
+                conflict: crate::decide::replication::Conflict::NoCommonSnapshot {
                     source_newest: src.snapshots.last().cloned().unwrap_or(Snapshot {
                         name: "-".into(),
                         guid: 0,
@@ -80,11 +80,11 @@ impl Planner<'_> {
         // while it held nothing new (ZFS says nothing was written since the common one) are
         // not a divergence: they go, with a rollback to the common snapshot.
         let replica_only: Vec<Snapshot> =
-            crate::replication::ahead(&src.snapshots, &replica.snapshots);
+            crate::decide::replication::ahead(&src.snapshots, &replica.snapshots);
         if !replica_only.is_empty() {
             let prefix = spec.spec.snapshots.prefix.as_str();
             let never_served = replica_only.iter().all(|s| {
-                crate::retention::parse_owned(prefix, &s.name).is_some()
+                crate::decide::retention::parse_owned(prefix, &s.name).is_some()
                     && s.written == Some(0)
                     && s.userrefs == 0
             }) && replica
@@ -95,7 +95,7 @@ impl Planner<'_> {
                 self.plan.block(Blocked::Replication {
                     instance: name.into(),
                     node: active.to_string(),
-                    conflict: crate::replication::Conflict::Diverged {
+                    conflict: crate::decide::replication::Conflict::Diverged {
                         base,
                         target_only: replica_only,
                     },

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::*;
-use crate::observed::{
+use crate::model::{
     Capabilities, Dataset, DatasetKind, InstanceState, NodeObservation, Observation, Reachability,
     RunState, UnreachableKind,
 };
@@ -94,8 +94,8 @@ fn obs(nodes: Vec<(&str, NodeObservation)>) -> Observation {
 
 const BASE: &str = "sk_20261128T115000Z";
 
-fn base_snapshot() -> crate::observed::Snapshot {
-    crate::observed::Snapshot {
+fn base_snapshot() -> crate::model::Snapshot {
+    crate::model::Snapshot {
         name: BASE.into(),
         guid: 4242,
         creation: "2026-11-28T11:50:00Z".parse().unwrap(),
@@ -555,8 +555,8 @@ proptest! {
     }
 }
 
-fn snap(name: &str, guid: u64, at: &str, txg: u64) -> crate::observed::Snapshot {
-    crate::observed::Snapshot {
+fn snap(name: &str, guid: u64, at: &str, txg: u64) -> crate::model::Snapshot {
+    crate::model::Snapshot {
         name: name.into(),
         guid,
         creation: at.parse().unwrap(),
@@ -616,7 +616,7 @@ fn a_diverged_replica_blocks_and_nothing_is_rolled_back() {
         .push(rogue);
     let p = plan(&spec_with("node-a", &[]), &o, now(), &converged_ctx());
     assert!(p.blocked.iter().any(|b| matches!(b,
-        Blocked::Replication { node, conflict: crate::replication::Conflict::Diverged { .. }, .. } if node == "node-b")),
+        Blocked::Replication { node, conflict: crate::decide::replication::Conflict::Diverged { .. }, .. } if node == "node-b")),
         "{}", render::text(&p, None));
     assert!(
         !kinds(&p)

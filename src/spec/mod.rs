@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-pub use crate::retention::Keep;
+pub use crate::decide::retention::Keep;
 pub use address::{AddressError, AddressTemplate, is_domain};
 pub use index::Pos;
 pub use units::{Duration, Size, UnitError};

@@ -382,13 +382,13 @@ mod tests {
 
     #[test]
     fn log_counts_commands_per_host_and_actions() {
-        let log = r#"{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished","duration_ms":12,"status":"Some(0)"},"target":"spoolkeeper::host","span":{"argv":"[\"sh\"]","host":"node-a","name":"cmd"},"spans":[{"argv":"[\"sh\"]","host":"node-a","name":"cmd"}]}
-{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished","duration_ms":3},"target":"spoolkeeper::host","span":{"argv":"[]","host":"node-a","name":"cmd"},"spans":[]}
-{"timestamp":"t","level":"DEBUG","fields":{"message":"command failed","error":"x"},"target":"spoolkeeper::host","span":{"argv":"[]","host":"archive","name":"cmd"},"spans":[]}
+        let log = r#"{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished","duration_ms":12,"status":"Some(0)"},"target":"spoolkeeper::transport::host","span":{"argv":"[\"sh\"]","host":"node-a","name":"cmd"},"spans":[{"argv":"[\"sh\"]","host":"node-a","name":"cmd"}]}
+{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished","duration_ms":3},"target":"spoolkeeper::transport::host","span":{"argv":"[]","host":"node-a","name":"cmd"},"spans":[]}
+{"timestamp":"t","level":"DEBUG","fields":{"message":"command failed","error":"x"},"target":"spoolkeeper::transport::host","span":{"argv":"[]","host":"archive","name":"cmd"},"spans":[]}
 {"timestamp":"t","level":"INFO","fields":{"message":"observed"},"target":"spoolkeeper::cli"}
 {"timestamp":"t","level":"INFO","fields":{"message":"start","summary":"snapshot"},"target":"spoolkeeper::apply","span":{"host":"node-a","id":"node-a:snapshot:students","name":"action"},"spans":[]}
 not json at all
-{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished"},"target":"spoolkeeper::host","span":{"host":"node-b","name":"other"},"spans":[]}"#;
+{"timestamp":"t","level":"DEBUG","fields":{"message":"command finished"},"target":"spoolkeeper::transport::host","span":{"host":"node-b","name":"other"},"spans":[]}"#;
         let got = parse_log(log);
         let want: BTreeMap<String, u64> = [("archive".to_owned(), 1), ("node-a".to_owned(), 2)]
             .into_iter()

@@ -29,7 +29,7 @@ fn run_at(path: &std::path::Path) -> Result<(), String> {
     let hwm_before = peak_rss_kib();
     let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let t1 = Instant::now();
-    let datasets = spoolkeeper::zfs::parse_listing(file).map_err(|e| e.to_string())?;
+    let datasets = spoolkeeper::adapters::zfs::parse_listing(file).map_err(|e| e.to_string())?;
     let elapsed = t1.elapsed();
     let snaps: usize = datasets.iter().map(|d| d.snapshots.len()).sum();
     if datasets.len() != DATASETS || snaps != DATASETS * SNAPSHOTS {

@@ -1,14 +1,14 @@
 //! The `arch_restore` action against the model: the same window and decision functions as
-//! the real replay (`spoolkeeper::arch_restore::{instance_inputs, plan_instance, decide}`),
+//! the real replay (`spoolkeeper::decide::restore::{instance_inputs, plan_instance, decide}`),
 //! with the model standing in for postcat (held copies), doveadm (the mailbox, as an IMAP
 //! `SINCE` search sees it), postqueue (the active node's queue) and `sendmail -bs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::SignedDuration;
-use spoolkeeper::arch_restore::{self, MessageAction};
-use spoolkeeper::archive::HeldCopy;
-use spoolkeeper::observed::Observation;
+use spoolkeeper::decide::archive::HeldCopy;
+use spoolkeeper::decide::restore::{self, MessageAction};
+use spoolkeeper::model::Observation;
 use spoolkeeper::plan::Context;
 use spoolkeeper::spec::Spec;
 
@@ -27,8 +27,8 @@ pub enum Replay {
 pub type Ledger = BTreeSet<(String, String, String)>;
 
 /// The replay target of an `arch_restore` action, as the executor reads it.
-pub fn target_of(kind: &spoolkeeper::plan::ActionKind) -> arch_restore::Target<'_> {
-    use arch_restore::{Target, Window};
+pub fn target_of(kind: &spoolkeeper::plan::ActionKind) -> restore::Target<'_> {
+    use restore::{Target, Window};
     match kind {
         spoolkeeper::plan::ActionKind::ArchRestore { node, anchor, .. } => Target {
             node: node.as_deref(),
@@ -51,7 +51,7 @@ pub fn run(
     spec: &Spec,
     obs: &Observation,
     instance: &str,
-    target: arch_restore::Target<'_>,
+    target: restore::Target<'_>,
     ctx: &Context,
     ledger: &mut Ledger,
     stop_after: Option<usize>,
@@ -79,7 +79,7 @@ pub fn run(
         .archive
         .hold
         .iter()
-        .filter(|h| arch_restore::original_recipient(template, &inst.domains, &h.rcpt).is_some())
+        .filter(|h| restore::original_recipient(template, &inst.domains, &h.rcpt).is_some())
         .map(|h| HeldCopy {
             queue_id: h.qid.clone(),
             arrival_time: h.arrival,
@@ -88,9 +88,9 @@ pub fn run(
             message_id: Some(h.mid.clone()),
         })
         .collect();
-    let inputs = arch_restore::instance_inputs(spec, obs, &instances, ctx, &active, target.window);
+    let inputs = restore::instance_inputs(spec, obs, &instances, ctx, &active, target.window);
     // what the ledger says was replayed into this copy (`Ledger::read_scoped`): the node and
-    // its last promotion (`arch_restore::replay_scope`)
+    // its last promotion (`restore::replay_scope`)
     let epoch = w
         .copy_of(spec, &active, instance)
         .and_then(|c| c.user.get(spoolkeeper::plan::RESYNC_PROPERTY))
@@ -109,8 +109,8 @@ pub fn run(
     let none = BTreeSet::new();
     let mut since = BTreeMap::new();
     for input in &inputs {
-        let first = arch_restore::plan_instance(input, &held, template, &none, &replayed);
-        for u in arch_restore::users_to_check(&first) {
+        let first = restore::plan_instance(input, &held, template, &none, &replayed);
+        for u in restore::users_to_check(&first) {
             // as the shell asks doveadm: the whole mailbox
             let _ = first.since;
             since.insert(u, None::<jiff::Timestamp>);
@@ -149,7 +149,7 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
-    let (_, messages, errors) = arch_restore::decide(
+    let (_, messages, errors) = restore::decide(
         &active,
         &inputs,
         &held,

@@ -578,7 +578,7 @@ pub fn run(
             let prefix = spec.spec.snapshots.prefix.to_string();
             let c = copy(w, &node, dataset)?;
             for name in snapshots {
-                if spoolkeeper::retention::parse_owned(&prefix, name).is_none() {
+                if spoolkeeper::decide::retention::parse_owned(&prefix, name).is_none() {
                     v.push(format!(
                         "destroyed {node}:{dataset}@{name}, which prefix {prefix} does not own"
                     ));

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::{SignedDuration, Timestamp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use spoolkeeper::apply::journal::{self, Phase, Record};
 use spoolkeeper::apply::walk::{Id, Walk};
 use spoolkeeper::apply::{Limits, Outcome};
 use spoolkeeper::plan::{self, Action, ActionKind, Plan, Target};
 use spoolkeeper::spec::Spec;
+use spoolkeeper::state::journal::{self, Phase, Record};
 
 use crate::arch::{self, Ledger};
 use crate::check;
@@ -213,7 +213,7 @@ impl Sim {
         Ok(())
     }
 
-    fn observe(&mut self) -> spoolkeeper::observed::Observation {
+    fn observe(&mut self) -> spoolkeeper::model::Observation {
         let margin_ms = (self.params.margin * 1000) as i64;
         let unc = if self.rng.random_bool(0.95) {
             self.rng.random_range(1..=20)

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use spoolkeeper::archive;
-use spoolkeeper::observed::{
+use spoolkeeper::decide::archive;
+use spoolkeeper::model::{
     ArchiveObservation, Capabilities, Dataset, DatasetKind, InstanceState, NodeObservation,
     Observation, PostfixCapabilities, PostfixObservation, QueueEntry, QueueRecipient, Reachability,
     RunState, Snapshot, UnreachableKind, ZfsCapabilities, ZfsFlavour,

@@ -118,13 +118,13 @@ fn measure(sk: &Sk, bench: &std::path::Path, count: usize) -> Result<String, Str
     let instants: Vec<jiff::Timestamp> = (0..count).rev().map(|i| now - hour * i as i32).collect();
     let sk_names: String = instants
         .iter()
-        .map(|t| spoolkeeper::retention::snapshot_name("sk", *t) + "\n")
+        .map(|t| spoolkeeper::decide::retention::snapshot_name("sk", *t) + "\n")
         .collect();
     let sanoid_names: String = instants
         .iter()
         .map(|t| format!("autosnap_{}_frequently\n", t.strftime("%Y-%m-%d_%H:%M:%S")))
         .collect();
-    let newest_sk = spoolkeeper::retention::snapshot_name("sk", now);
+    let newest_sk = spoolkeeper::decide::retention::snapshot_name("sk", now);
 
     for ds in [SANOID_DS, SK_DS] {
         host_ok(Host::NodeA, &["zfs", "create", ds], None)?;

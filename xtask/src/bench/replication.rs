@@ -122,7 +122,7 @@ fn syncoid_copy(dir: &std::path::Path) -> Result<(std::path::PathBuf, bool), Str
 }
 
 fn stamp() -> String {
-    spoolkeeper::retention::snapshot_name("sk", jiff::Timestamp::now())
+    spoolkeeper::decide::retention::snapshot_name("sk", jiff::Timestamp::now())
 }
 
 /// Stream size of `zfs send ARGS…` (and a warm cache for what follows).

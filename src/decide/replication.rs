@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::observed::Snapshot;
-use crate::retention::age_order;
+use crate::decide::retention::age_order;
+use crate::model::Snapshot;
 
 /// What the next replication run of one dataset does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

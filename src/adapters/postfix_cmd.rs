@@ -404,10 +404,10 @@ pub fn header_value(content: &[u8], name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const HOLD: &[u8] = include_bytes!("../tests/fixtures/postfix/postcat-do-hold.txt");
-    const MISSING: &[u8] = include_bytes!("../tests/fixtures/postfix/postcat-do-missing.txt");
-    const BH_ONE: &[u8] = include_bytes!("../tests/fixtures/postfix/postcat-bh-one.txt");
-    const POSTSUPER: &str = include_str!("../tests/fixtures/postfix/postcat-postsuper-d.txt");
+    const HOLD: &[u8] = include_bytes!("../../tests/fixtures/postfix/postcat-do-hold.txt");
+    const MISSING: &[u8] = include_bytes!("../../tests/fixtures/postfix/postcat-do-missing.txt");
+    const BH_ONE: &[u8] = include_bytes!("../../tests/fixtures/postfix/postcat-bh-one.txt");
+    const POSTSUPER: &str = include_str!("../../tests/fixtures/postfix/postcat-postsuper-d.txt");
 
     fn by_id<'a>(d: &'a PostcatDump, id: &str) -> &'a HeldMessage {
         d.messages.iter().find(|m| m.queue_id == id).unwrap()

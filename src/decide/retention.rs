@@ -52,7 +52,7 @@ use jiff::civil::DateTime;
 use jiff::tz::Offset;
 use serde::{Deserialize, Serialize};
 
-use crate::observed::Snapshot;
+use crate::model::Snapshot;
 
 /// Length of the timestamp part of an owned name: `YYYYMMDDTHHMMSSZ`.
 const STAMP_LEN: usize = 16;

@@ -128,7 +128,7 @@ impl Journal {
 /// it plans, as completed `forget_fence` actions.
 pub fn fences_seen_back(
     ctx: &crate::plan::Context,
-    obs: &crate::observed::Observation,
+    obs: &crate::model::Observation,
 ) -> Vec<crate::plan::Action> {
     ctx.fenced_by_command
         .iter()

@@ -1,6 +1,8 @@
 //! The command line of docs/CONTRACT.md. Each command returns its exit code; nothing here
 //! decides anything the core does not.
 
+pub mod summary;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,19 +184,19 @@ pub fn main() -> ExitCode {
             file,
             output,
             state_dir,
-        } => crate::status::status_main(
+        } => crate::decide::status::status_main(
             &file,
             default_output(output) == Output::Json,
-            &state_dir.unwrap_or_else(crate::apply::journal::default_state_dir),
+            &state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
         ),
-        Command::Check { file } => crate::status::check_main(&file),
+        Command::Check { file } => crate::decide::status::check_main(&file),
         Command::ArchRestore {
             file,
             instance,
             dry_run,
             output,
             state_dir,
-        } => crate::arch_restore::main(
+        } => crate::decide::restore::main(
             &file,
             instance,
             dry_run,
@@ -253,7 +255,7 @@ fn validate(file: &std::path::Path, output: Option<Output>) -> u8 {
                 Output::Text => {
                     for s in &specs {
                         let _ = writeln!(out, "{}: valid", s.file.display());
-                        let _ = write!(out, "{}", crate::summary::text(s));
+                        let _ = write!(out, "{}", crate::cli::summary::text(s));
                     }
                 }
                 Output::Json => {
@@ -417,15 +419,18 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
     let state_dir = args
         .state_dir
         .clone()
-        .unwrap_or_else(ex::journal::default_state_dir);
-    let mut ctx = ex::journal::context(&ex::journal::Journal::read(&state_dir, s.name.as_str()));
+        .unwrap_or_else(crate::state::journal::default_state_dir);
+    let mut ctx = crate::state::journal::context(&crate::state::journal::Journal::read(
+        &state_dir,
+        s.name.as_str(),
+    ));
     let conns = crate::observe::connect(s).await;
     let obs = crate::observe::observe(s, &conns).await;
     if apply.is_some() && apply.is_some_and(|a| a.saved.is_none()) {
         // A fenced node seen again proves nothing any more, whatever this run's plan is.
-        let seen = ex::journal::fences_seen_back(&ctx, &obs);
+        let seen = crate::state::journal::fences_seen_back(&ctx, &obs);
         if !seen.is_empty() {
-            match ex::journal::Journal::open(&state_dir, s.name.as_str()) {
+            match crate::state::journal::Journal::open(&state_dir, s.name.as_str()) {
                 Ok(mut j) => {
                     for a in &seen {
                         if j.record_done(a).is_ok() {
@@ -537,8 +542,9 @@ async fn apply_locked(
     state_dir: &std::path::Path,
     output: PlanFormat,
 ) -> u8 {
-    use crate::apply::{self as ex, journal::Journal};
+    use crate::apply as ex;
     use crate::plan;
+    use crate::state::journal::Journal;
     let obs = crate::observe::observe(s, conns).await;
     let fresh = plan::plan(s, &obs, jiff::Timestamp::now(), ctx);
     let p = if fresh.fingerprint == p.fingerprint {

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use crate::observed::JailCommands;
+use crate::model::JailCommands;
 
 /// `which ezjail-admin jls jexec` (prints the paths of those found; exits 1 if any missing).
 pub fn which_jail_commands_argv() -> Vec<String> {

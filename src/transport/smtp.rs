@@ -546,7 +546,7 @@ mod tests {
 #[cfg(test)]
 mod real_postfix {
     use super::*;
-    use crate::postfix_cmd::parse_postcat;
+    use crate::adapters::postfix_cmd::parse_postcat;
     use std::process::Stdio;
 
     #[tokio::test]

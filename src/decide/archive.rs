@@ -42,7 +42,7 @@ use std::fmt;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::observed::{QueueEntry, Snapshot};
+use crate::model::{QueueEntry, Snapshot};
 use crate::spec::AddressTemplate;
 
 /// A setting or table that cannot be generated.
@@ -545,8 +545,11 @@ pub struct HeldCopy {
 
 /// Joins the queue listing with a postcat dump by queue id (held messages only; a message
 /// missing from the dump is left out: it left the queue, or postcat could not read it).
-pub fn join_held(queue: &[QueueEntry], dump: &[crate::postfix_cmd::HeldMessage]) -> Vec<HeldCopy> {
-    let by_id: BTreeMap<&str, &crate::postfix_cmd::HeldMessage> =
+pub fn join_held(
+    queue: &[QueueEntry],
+    dump: &[crate::adapters::postfix_cmd::HeldMessage],
+) -> Vec<HeldCopy> {
+    let by_id: BTreeMap<&str, &crate::adapters::postfix_cmd::HeldMessage> =
         dump.iter().map(|m| (m.queue_id.as_str(), m)).collect();
     queue
         .iter()
@@ -729,7 +732,7 @@ pub fn restore_set(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::QueueRecipient;
+    use crate::model::QueueRecipient;
     use std::process::Command;
 
     fn tpl() -> AddressTemplate {

@@ -11,7 +11,7 @@ use std::io::Read;
 use jiff::Timestamp;
 use thiserror::Error;
 
-use crate::observed::{Dataset, DatasetKind, Snapshot, ZfsCapabilities, ZfsFlavour};
+use crate::model::{Dataset, DatasetKind, Snapshot, ZfsCapabilities, ZfsFlavour};
 
 /// The user-property namespace spoolkeeper owns.
 pub const USER_NAMESPACE: &str = "spoolkeeper:";
@@ -61,7 +61,7 @@ pub fn listing_properties(
     }
     // `written` (bytes written since the previous snapshot): what tells a copy that never
     // served from a diverged one. OpenZFS has it; zfs-fuse rejects the whole command.
-    if caps.is_some_and(|c| c.flavour == crate::observed::ZfsFlavour::OpenZfs) {
+    if caps.is_some_and(|c| c.flavour == crate::model::ZfsFlavour::OpenZfs) {
         out.push("written".into());
     }
     for p in user_properties.iter().chain(extra) {
@@ -794,7 +794,7 @@ pub fn destroy_argvs(
     snapshots: &[String],
     batch: bool,
 ) -> Result<Vec<Vec<String>>, String> {
-    let batches = crate::retention::destroy_batches(dataset, snapshots, batch, 64 * 1024)
+    let batches = crate::decide::retention::destroy_batches(dataset, snapshots, batch, 64 * 1024)
         .map_err(|e| e.to_string())?;
     Ok(batches
         .into_iter()
@@ -835,7 +835,7 @@ pub fn destroy_each_stdin(dataset: &str, snapshots: &[String]) -> Result<Vec<u8>
             "dataset name {dataset:?} holds a line break or NUL"
         ));
     }
-    let lines = crate::retention::destroy_batches(dataset, snapshots, false, usize::MAX)
+    let lines = crate::decide::retention::destroy_batches(dataset, snapshots, false, usize::MAX)
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for l in lines.into_iter().flatten() {
@@ -942,7 +942,7 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
     v.push(t.host.clone());
     v.push("--".into());
     // ssh joins its arguments into one string for the remote shell: quote each for it.
-    v.push(crate::host::remote_command_line(remote));
+    v.push(crate::transport::host::remote_command_line(remote));
     v
 }
 
@@ -950,7 +950,7 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
 /// Every argument is quoted; the receive's exit status is the pipeline's (a failed or
 /// truncated send makes the receive fail).
 pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
-    let q = |v: &[String]| crate::host::remote_command_line(v);
+    let q = |v: &[String]| crate::transport::host::remote_command_line(v);
     vec![
         "sh".into(),
         "-c".into(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::observed::{PostfixCapabilities, QueueEntry, QueueRecipient};
+use crate::model::{PostfixCapabilities, QueueEntry, QueueRecipient};
 
 /// `postconf name…` (not `-h`: `-h` silently drops unknown names, which misaligns values).
 pub fn postconf_argv(names: &[String]) -> Vec<String> {

@@ -120,7 +120,7 @@ pub fn parse_fetch_message_ids(out: &str) -> Result<BTreeSet<String>, DovecotErr
         .collect())
 }
 
-/// `(Message-ID, user)` pairs for [`crate::archive::restore_set`]'s `already_present`.
+/// `(Message-ID, user)` pairs for [`crate::decide::archive::restore_set`]'s `already_present`.
 pub fn present_pairs(user: &str, ids: &BTreeSet<String>) -> BTreeSet<(String, String)> {
     ids.iter().map(|id| (id.clone(), user.to_owned())).collect()
 }
@@ -129,8 +129,8 @@ pub fn present_pairs(user: &str, ids: &BTreeSet<String>) -> BTreeSet<(String, St
 mod tests {
     use super::*;
 
-    const FETCH: &str = include_str!("../tests/fixtures/dovecot/doveadm-fetch-tab.txt");
-    const SEARCH: &str = include_str!("../tests/fixtures/dovecot/doveadm-search.txt");
+    const FETCH: &str = include_str!("../../tests/fixtures/dovecot/doveadm-fetch-tab.txt");
+    const SEARCH: &str = include_str!("../../tests/fixtures/dovecot/doveadm-search.txt");
 
     #[test]
     fn real_fetch_output_with_folded_and_missing_ids() {

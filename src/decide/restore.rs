@@ -75,14 +75,14 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{self, HeldCopy, RestorePlan, SpoolBacklog};
-use crate::dovecot;
-use crate::host::Host;
+use crate::adapters::dovecot;
+use crate::adapters::postfix_cmd::{self, HeldMessage};
+use crate::decide::archive::{self, HeldCopy, RestorePlan, SpoolBacklog};
+use crate::model::{Dataset, Observation, QueueEntry, Snapshot};
 use crate::observe::Connections;
-use crate::observed::{Dataset, Observation, QueueEntry, Snapshot};
-use crate::postfix_cmd::{self, HeldMessage};
-use crate::smtp;
 use crate::spec::{AddressTemplate, Spec};
+use crate::transport::host::Host;
+use crate::transport::smtp;
 
 /// The replay ledger's file name under `<state_dir>/<cluster>/`.
 pub const LEDGER_FILE: &str = "replayed.jsonl";
@@ -832,7 +832,7 @@ impl Ledger {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             let created = !self.path.exists();
-            let f = crate::apply::journal::open_append(&self.path)?;
+            let f = crate::state::journal::open_append(&self.path)?;
             if created {
                 // the new name must survive a crash too
                 File::open(dir)?.sync_all()?;
@@ -1308,7 +1308,7 @@ pub async fn run(
     // The spool backlog recorded when each snapshot was taken (the journal), which narrows
     // the window to what the snapshot may lack; unknown = every held copy.
     let learned =
-        crate::apply::journal::context(&crate::apply::journal::Journal::read(state_dir, cluster));
+        crate::state::journal::context(&crate::state::journal::Journal::read(state_dir, cluster));
     let inputs = instance_inputs(spec, obs, &instances, &learned, active, target.window);
     let none = BTreeSet::new();
     let mut users = BTreeSet::new();
@@ -1326,7 +1326,7 @@ pub async fn run(
     }
     // the spool's own queue, listed now (after the archive host was observed)
     let listing = node
-        .run(&crate::postfix::postqueue_argv())
+        .run(&crate::adapters::postfix::postqueue_argv())
         .await
         .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
     if !listing.success() {
@@ -1336,7 +1336,7 @@ pub async fn run(
             listing.stderr_text().trim()
         ));
     }
-    let spool_queue = crate::postfix::parse_postqueue(&listing.stdout_text())
+    let spool_queue = crate::adapters::postfix::parse_postqueue(&listing.stdout_text())
         .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
     let pending = spool_pending(&spool_queue, &all_domains);
     let (mailboxes, queued, broken) =
@@ -1393,7 +1393,7 @@ pub fn main(
             return 1;
         }
     };
-    let state_dir = state_dir.unwrap_or_else(crate::apply::journal::default_state_dir);
+    let state_dir = state_dir.unwrap_or_else(crate::state::journal::default_state_dir);
     let selected: Vec<&Spec> = specs
         .iter()
         .filter(|s| {
@@ -1497,7 +1497,7 @@ async fn run_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::{DatasetKind, QueueRecipient};
+    use crate::model::{DatasetKind, QueueRecipient};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 
     fn tpl() -> AddressTemplate {

@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use crate::observed::UnreachableKind;
+use crate::model::UnreachableKind;
 
 /// What a finished command returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

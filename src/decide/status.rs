@@ -9,7 +9,7 @@
 //!
 //! - Per instance and passive node, the age of the newest replicated snapshot (the newest
 //!   snapshot present on both sides, matched by guid) against `replication.rpo`: OK up to
-//!   `rpo`, WARNING past it, CRITICAL past 2×`rpo` (see [`crate::rpo`]). Perfdata
+//!   `rpo`, WARNING past it, CRITICAL past 2×`rpo` (see [`crate::decide::rpo`]). Perfdata
 //!   `<instance>_rpo_age` (`<instance>_<node>_rpo_age` when there are several passives).
 //! - **Never replicated** (the passive has no dataset yet, or it exists without sharing a
 //!   snapshot and without holding any): there is no replica to fail over to, so this is never
@@ -33,15 +33,15 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::apply::journal::{Phase, Record};
-use crate::observed::{
+use crate::decide::replication::{self, Conflict, ReplicationStep};
+use crate::decide::retention::age_order;
+use crate::decide::rpo::{CheckResult, CheckState, rpo_status_labeled};
+use crate::model::{
     Dataset, InstanceState, NodeObservation, Observation, Reachability, RunState, Snapshot,
     UnreachableKind,
 };
-use crate::replication::{self, Conflict, ReplicationStep};
-use crate::retention::age_order;
-use crate::rpo::{CheckResult, CheckState, rpo_status_labeled};
 use crate::spec::{Instance, Spec};
+use crate::state::journal::{Phase, Record};
 
 /// A node's role for the instances, from the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -919,7 +919,7 @@ pub fn status_main(file: &Path, json: bool, state_dir: &Path) -> u8 {
             let conns = crate::observe::connect(s).await;
             let o = crate::observe::observe(s, &conns).await;
             tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
-            let journal = crate::apply::journal::Journal::read(state_dir, s.name.as_str());
+            let journal = crate::state::journal::Journal::read(state_dir, s.name.as_str());
             all.push(status(s, &o, &journal, Timestamp::now()));
         }
         all

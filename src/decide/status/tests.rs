@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::apply::journal::{Phase, Record};
-use crate::observed::{
+use crate::decide::rpo::CheckState;
+use crate::model::{
     ArchiveObservation, Capabilities, Dataset, DatasetKind, InstanceState, NodeObservation,
     Observation, PostfixObservation, QueueEntry, QueueRecipient, Reachability, RunState, Snapshot,
     UnreachableKind,
 };
-use crate::rpo::CheckState;
 use crate::spec::{self, Spec};
+use crate::state::journal::{Phase, Record};
 
 const SPEC: &str = r#"
 apiVersion: spoolkeeper/v1

@@ -9,16 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::future::join_all;
 use jiff::Timestamp;
 
-use crate::capabilities;
-use crate::host::{AnyHost, Host, HostError, Output, RoundTrips, SshConfig, SshHost};
-use crate::jail::{self, RuntimeVerb};
-use crate::observed::{
+use crate::adapters::capabilities;
+use crate::adapters::jail::{self, RuntimeVerb};
+use crate::adapters::postfix;
+use crate::adapters::zfs;
+use crate::model::{
     ArchiveObservation, Capabilities, InstanceState, NodeObservation, Observation,
     PostfixObservation, Reachability, RunState, UnreachableKind,
 };
-use crate::postfix;
 use crate::spec::{self, Runtime, Spec};
-use crate::zfs;
+use crate::transport::host::{AnyHost, Host, HostError, Output, RoundTrips, SshConfig, SshHost};
 
 /// Postfix parameters observed on every node and on the archive host.
 pub const POSTFIX_PARAMETERS: &[&str] = &[
@@ -31,7 +31,7 @@ pub const POSTFIX_PARAMETERS: &[&str] = &[
     "maximal_queue_lifetime",
 ];
 
-use crate::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
+use crate::decide::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
 
 /// Print a table of `config_directory` (a fixed script: the file name is a constant).
 fn cat_postfix_table_argv(file: &str) -> Vec<String> {
@@ -107,7 +107,11 @@ pub async fn connect(s: &Spec) -> Connections {
     Connections {
         nodes,
         archive,
-        local: Host::new("controller", AnyHost::Local(crate::host::LocalHost), &trips),
+        local: Host::new(
+            "controller",
+            AnyHost::Local(crate::transport::host::LocalHost),
+            &trips,
+        ),
         trips,
     }
 }

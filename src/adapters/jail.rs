@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::observed::{InstanceState, RunState};
+use crate::model::{InstanceState, RunState};
 
 /// One row of `ezjail-admin list`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,9 @@
+//! One module per tool: the argv spoolkeeper sends to it and the parser of what it prints.
+//! Pure: no I/O, no clock. Every remote command is built here, nowhere else.
+
+pub mod capabilities;
+pub mod dovecot;
+pub mod jail;
+pub mod postfix;
+pub mod postfix_cmd;
+pub mod zfs;

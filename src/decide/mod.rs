@@ -1,0 +1,10 @@
+//! Pure decisions, the clock injected: which snapshots retention keeps, what replication
+//! sends, what the archive may purge and must replay, RPO verdicts, the replay window and the
+//! status report. Data in, decision out.
+
+pub mod archive;
+pub mod replication;
+pub mod restore;
+pub mod retention;
+pub mod rpo;
+pub mod status;

@@ -1,0 +1,5 @@
+//! What spoolkeeper keeps between runs: the journal of applies on the controller, the
+//! cluster lock on the active node, and the replay ledger.
+
+pub mod journal;
+pub mod lock;

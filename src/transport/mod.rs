@@ -1,0 +1,5 @@
+//! How commands and mail reach hosts: local processes, SSH sessions, batched round trips
+//! (`host`) and SMTP sessions (`smtp`). Every remote command has a timeout here.
+
+pub mod host;
+pub mod smtp;
