@@ -140,7 +140,7 @@ fn arch_restore(state: &Path) -> Report {
     rt.block_on(async {
         let conns = spoolkeeper::observe::connect(&spec).await;
         let obs = spoolkeeper::observe::observe(&spec, &conns).await;
-        restore::run(
+        spoolkeeper::apply::replay::run(
             &spec,
             &conns,
             &obs,

@@ -5,6 +5,7 @@
 //! Parallelism is bounded globally and per host. Each action runs in a tracing span with
 //! its id and is journaled before and after.
 
+pub mod replay;
 pub mod walk;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -265,16 +266,8 @@ async fn run_action(
         };
         // A fresh look: the instance was just started, the archive queue moved on.
         let obs = crate::observe::observe(spec, conns).await;
-        let report = crate::decide::restore::run(
-            spec,
-            conns,
-            &obs,
-            Some(instance),
-            target,
-            false,
-            state_dir,
-        )
-        .await?;
+        let report =
+            replay::run(spec, conns, &obs, Some(instance), target, false, state_dir).await?;
         tracing::info!(instance = %instance, report = %report.text().trim(), "arch-restore");
         return if report.ok() {
             Ok(())

@@ -1,6 +1,8 @@
 //! The command line of docs/CONTRACT.md. Each command returns its exit code; nothing here
 //! decides anything the core does not.
 
+pub mod arch_restore;
+pub mod status;
 pub mod summary;
 
 use std::io::Write;
@@ -184,19 +186,19 @@ pub fn main() -> ExitCode {
             file,
             output,
             state_dir,
-        } => crate::decide::status::status_main(
+        } => status::status_main(
             &file,
             default_output(output) == Output::Json,
             &state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
         ),
-        Command::Check { file } => crate::decide::status::check_main(&file),
+        Command::Check { file } => status::check_main(&file),
         Command::ArchRestore {
             file,
             instance,
             dry_run,
             output,
             state_dir,
-        } => crate::decide::restore::main(
+        } => arch_restore::main(
             &file,
             instance,
             dry_run,
@@ -340,7 +342,8 @@ fn load_or_report(file: &std::path::Path) -> Option<Vec<spec::Spec>> {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+/// The one tokio runtime of a command (the CLI is the only place that builds one).
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

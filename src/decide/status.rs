@@ -2,8 +2,8 @@
 //! monitoring verdict on its recovery point.
 //!
 //! Pure core: [`status`] and [`check`] take the spec, one observation (and for `status` the
-//! apply journal) and `now`, and return values; no host, no clock read. The entry points
-//! [`status_main`] and [`check_main`] are the thin shell that observes and prints.
+//! apply journal) and `now`, and return values; no host, no clock read. The commands that
+//! observe and print are `crate::cli::status`.
 //!
 //! How `check` judges (Nagios convention, one line with perfdata):
 //!
@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -887,131 +887,6 @@ pub fn text(st: &Status) -> String {
     };
     let _ = writeln!(t, "{}", st.check.line());
     t
-}
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            None
-        }
-    }
-}
-
-/// `spoolkeeper status -f FILE [--output json] [--state-dir DIR]`: exit 0, 1 on a bad spec.
-pub fn status_main(file: &Path, json: bool, state_dir: &Path) -> u8 {
-    let specs = match crate::spec::load(file) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!("invalid spec: nothing was contacted");
-            return 1;
-        }
-    };
-    let Some(rt) = runtime() else { return 1 };
-    let all: Vec<Status> = rt.block_on(async {
-        let mut all = Vec::new();
-        for s in &specs {
-            let conns = crate::observe::connect(s).await;
-            let o = crate::observe::observe(s, &conns).await;
-            tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
-            let journal = crate::state::journal::Journal::read(state_dir, s.name.as_str());
-            all.push(status(s, &o, &journal, Timestamp::now()));
-        }
-        all
-    });
-    if json {
-        let v = if all.len() == 1 {
-            serde_json::to_value(&all[0])
-        } else {
-            serde_json::to_value(&all)
-        };
-        match v.and_then(|v| serde_json::to_string_pretty(&v)) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("cannot render the status: {e}");
-                return 1;
-            }
-        }
-    } else {
-        for (k, st) in all.iter().enumerate() {
-            if k > 0 {
-                println!();
-            }
-            print!("{}", text(st));
-        }
-    }
-    0
-}
-
-/// `spoolkeeper check -f FILE`: one Nagios line on stdout, exit 0/1/2/3. A bad spec or a
-/// failure to observe is UNKNOWN (3) with a message, as monitoring plugins do.
-pub fn check_main(file: &Path) -> u8 {
-    let r = check_files(file);
-    println!("{}", r.line());
-    u8::try_from(r.state.exit_code()).unwrap_or(3)
-}
-
-fn unknown(summary: String) -> CheckResult {
-    CheckResult {
-        state: CheckState::Unknown,
-        summary,
-        perfdata: String::new(),
-        age_seconds: None,
-    }
-}
-
-fn check_files(file: &Path) -> CheckResult {
-    let specs = match crate::spec::load(file) {
-        Ok(s) => s,
-        Err(e) => {
-            let first = e.0.first().map_or_else(
-                || "invalid spec".to_owned(),
-                |d| {
-                    format!(
-                        "{}:{}:{}: {}",
-                        d.file.display(),
-                        d.pos.line,
-                        d.pos.col,
-                        d.message
-                    )
-                },
-            );
-            // Nagios reads the first line: keep it one line.
-            return unknown(format!(
-                "invalid spec ({} problem(s)): {}",
-                e.0.len(),
-                first.replace('\n', " ")
-            ));
-        }
-    };
-    let Some(rt) = runtime() else {
-        return unknown("cannot start the async runtime".to_owned());
-    };
-    let several = specs.len() > 1;
-    let results: Vec<CheckResult> = rt.block_on(async {
-        let mut out = Vec::new();
-        for s in &specs {
-            let conns = crate::observe::connect(s).await;
-            let o = crate::observe::observe(s, &conns).await;
-            let prefix = if several {
-                format!("{}_", s.name)
-            } else {
-                String::new()
-            };
-            let mut r = check_labeled(s, &o, Timestamp::now(), &prefix);
-            if several {
-                r.summary = format!("{}: {}", s.name, r.summary);
-            }
-            out.push(r);
-        }
-        out
-    });
-    CheckResult::combine(&results)
 }
 
 #[cfg(test)]

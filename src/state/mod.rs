@@ -2,4 +2,5 @@
 //! cluster lock on the active node, and the replay ledger.
 
 pub mod journal;
+pub mod ledger;
 pub mod lock;

@@ -696,16 +696,3 @@ fn status_json_is_stable() {
         "{t}"
     );
 }
-
-#[test]
-fn check_files_reports_a_bad_spec_as_unknown() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.yaml");
-    std::fs::write(&f, "apiVersion: spoolkeeper/v1\nkind: Nope\n").unwrap();
-    let r = check_files(&f);
-    assert_eq!(r.state, CheckState::Unknown);
-    assert!(r.summary.starts_with("invalid spec"), "{}", r.summary);
-    assert!(!r.line().contains('\n'));
-    assert_eq!(check_main(&f), 3);
-    assert_eq!(status_main(&f, false, dir.path()), 1);
-}
