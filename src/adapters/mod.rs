@@ -2,7 +2,10 @@
 //! Pure: no I/O, no clock. Every remote command is built here, nowhere else.
 
 pub mod capabilities;
+pub mod dispatch;
 pub mod dovecot;
+pub mod fencing;
+pub mod files;
 pub mod jail;
 pub mod postfix;
 pub mod postfix_cmd;

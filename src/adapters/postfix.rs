@@ -29,6 +29,36 @@ pub fn postqueue_argv() -> Vec<String> {
     vec!["postqueue".into(), "-j".into()]
 }
 
+/// `postqueue -f`: try every deferred message again now.
+pub fn flush_argv() -> Vec<String> {
+    vec!["postqueue".into(), "-f".into()]
+}
+
+/// `postconf -e name=value…`: set main.cf parameters (each `name=value` one argument, never
+/// a shell word).
+pub fn postconf_set_argv(settings: &BTreeMap<String, String>) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["postconf".into(), "-e".into()];
+    argv.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
+    argv
+}
+
+/// `postfix reload`.
+pub fn reload_argv() -> Vec<String> {
+    vec!["postfix".into(), "reload".into()]
+}
+
+/// Print a lookup table of Postfix's `config_directory`: a fixed script, the file name is its
+/// positional argument (never part of the script).
+pub fn cat_table_argv(file: &str) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        "cat \"$(postconf -h config_directory)/$1\"".into(),
+        "sh".into(),
+        file.into(),
+    ]
+}
+
 /// Parse `name = value` lines (`postconf names…`, `postconf -n`). Lines without ` = ` (for
 /// example warnings) are skipped.
 pub fn parse_postconf(out: &str) -> BTreeMap<String, String> {

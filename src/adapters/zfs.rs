@@ -72,6 +72,26 @@ pub fn listing_properties(
     out
 }
 
+/// `zfs hold` failed because the tag is already on the snapshot (the wanted state).
+pub fn hold_exists(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("tag already exists")
+}
+
+/// `zfs release` failed because the tag is not on the snapshot (the wanted state).
+pub fn hold_missing(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("no such tag")
+}
+
+/// `zfs version` (OpenZFS 0.8+; fails on zfs-fuse and older ZFS).
+pub fn version_argv() -> Vec<String> {
+    vec!["zfs".into(), "version".into()]
+}
+
+/// `zfs` alone: its usage text (on stderr) names the subcommands and flags this ZFS has.
+pub fn usage_argv() -> Vec<String> {
+    vec!["zfs".into()]
+}
+
 /// `zfs get -Hp -r -o name,property,value <props> <datasets…>`.
 pub fn listing_argv(properties: &[String], datasets: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = ["zfs", "get", "-Hp", "-r", "-o", "name,property,value"]

@@ -29,7 +29,7 @@ use crate::model::{Observation, QueueEntry};
 use crate::observe::Connections;
 use crate::spec::Spec;
 use crate::state::ledger::{Ledger, LedgerEntry};
-use crate::transport::host::Host;
+use crate::transport::host::{Batch, Host};
 use crate::transport::smtp;
 
 /// Most queue ids per `postcat` call (about 40 KB of command line).
@@ -127,13 +127,12 @@ async fn spool_state(
 > {
     let mut present = BTreeSet::new();
     let mut broken = BTreeMap::new();
-    let mut cmds = Vec::new();
+    let mut b = Batch::new();
     let mut queued_ids = Vec::new();
     for e in pending {
         match postfix_cmd::postcat_argv([e.queue_id.as_str()]) {
             Ok(a) => {
-                cmds.push(a);
-                queued_ids.push(*e);
+                queued_ids.push((*e, b.push(a)));
             }
             Err(err) => {
                 for r in &e.recipients {
@@ -146,24 +145,25 @@ async fn spool_state(
     for u in users {
         match dovecot::fetch_message_ids_argv(u, since.get(u).copied().flatten()) {
             Ok(a) => {
-                cmds.push(a);
-                who.push(u.clone());
+                who.push((u.clone(), b.push(a)));
             }
             Err(e) => {
                 broken.insert(u.clone(), e.to_string());
             }
         }
     }
-    if cmds.is_empty() {
+    if b.commands().is_empty() {
         return Ok((present, BTreeSet::new(), broken));
     }
     let outs = node
-        .run_batch(&cmds)
+        .run_slots(&b)
         .await
         .map_err(|e| format!("postcat/doveadm on the active node: {e}"))?;
-    let (q_outs, d_outs) = outs.split_at(queued_ids.len().min(outs.len()));
     let mut dumped = Vec::new();
-    for (e, o) in queued_ids.iter().zip(q_outs) {
+    for (e, o) in queued_ids
+        .iter()
+        .filter_map(|(e, slot)| Some((e, outs.get(*slot)?)))
+    {
         let parsed = postfix_cmd::parse_postcat(&o.stdout);
         match (o.success(), parsed) {
             (true, Ok(d)) if d.truncated.is_none() => dumped.extend(d.messages),
@@ -186,7 +186,10 @@ async fn spool_state(
         }
     }
     let queued = pending_pairs(&dumped, domains);
-    for (u, o) in who.into_iter().zip(d_outs) {
+    for (u, o) in who
+        .into_iter()
+        .filter_map(|(u, slot)| Some((u, outs.get(slot)?)))
+    {
         match o.status {
             Some(0) => match dovecot::parse_fetch_message_ids(&o.stdout_text()) {
                 Ok(ids) => present.extend(dovecot::present_pairs(&u, &ids)),

@@ -206,7 +206,7 @@ pub fn walk_sequential(
         w.start(id);
         let outcome = match run(&plan.graph[id]) {
             Ok(()) => Outcome::Done,
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(super::ActionError::Other(e)),
         };
         w.finish(id, outcome);
     }
@@ -216,6 +216,7 @@ pub fn walk_sequential(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::ActionError;
     use crate::plan::{Action, ActionKind};
 
     fn act(host: &str, n: &str) -> Action {
@@ -275,7 +276,10 @@ mod tests {
             }
         );
         assert_eq!(by_id["n2:start_instance:d"], &Outcome::Done);
-        assert_eq!(r.root_causes(), vec![("n1:start_instance:b", "boom")]);
+        assert_eq!(
+            r.root_causes(),
+            vec![("n1:start_instance:b", &ActionError::from("boom"))]
+        );
         assert!(!r.ok());
     }
 

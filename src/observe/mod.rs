@@ -18,7 +18,9 @@ use crate::model::{
     PostfixObservation, Reachability, RunState, UnreachableKind,
 };
 use crate::spec::{self, Runtime, Spec};
-use crate::transport::host::{AnyHost, Host, HostError, Output, RoundTrips, SshConfig, SshHost};
+use crate::transport::host::{
+    AnyHost, Batch, Host, HostError, Output, RoundTrips, SshConfig, SshHost,
+};
 
 /// Postfix parameters observed on every node and on the archive host.
 pub const POSTFIX_PARAMETERS: &[&str] = &[
@@ -32,17 +34,6 @@ pub const POSTFIX_PARAMETERS: &[&str] = &[
 ];
 
 use crate::decide::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
-
-/// Print a table of `config_directory` (a fixed script: the file name is a constant).
-fn cat_postfix_table_argv(file: &str) -> Vec<String> {
-    vec![
-        "sh".into(),
-        "-c".into(),
-        "cat \"$(postconf -h config_directory)/$1\"".into(),
-        "sh".into(),
-        file.into(),
-    ]
-}
 
 /// Open connections to the hosts of one spec.
 pub struct Connections {
@@ -152,24 +143,24 @@ pub async fn observe(s: &Spec, conns: &Connections) -> Observation {
     }
 }
 
-fn argv(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_string()).collect()
-}
-
 /// First round trip: what the host is (ZFS flavour, jail commands, Postfix) and its clock.
 async fn probe(h: &Host, with_zfs: bool) -> Result<Capabilities, HostError> {
-    let mut cmds = vec![capabilities::date_argv(), postfix::mail_version_argv()];
-    if with_zfs {
-        cmds.push(argv(&["zfs", "version"]));
-        cmds.push(argv(&["zfs"]));
-        cmds.push(capabilities::which_jail_commands_argv());
-    }
+    let mut b = Batch::new();
+    let date = b.push(capabilities::date_argv());
+    let mail_version = b.push(postfix::mail_version_argv());
+    let zfs_slots = with_zfs.then(|| {
+        (
+            b.push(zfs::version_argv()),
+            b.push(zfs::usage_argv()),
+            b.push(capabilities::which_jail_commands_argv()),
+        )
+    });
     let before = Timestamp::now();
-    let outs = h.run_batch(&cmds).await?;
+    let outs = h.run_slots(&b).await?;
     let after = Timestamp::now();
     let mut caps = Capabilities::default();
     if let Some(ns) = outs
-        .first()
+        .get(date)
         .filter(|o| o.success())
         .and_then(|o| capabilities::parse_date(&o.stdout_text()))
     {
@@ -178,18 +169,18 @@ async fn probe(h: &Host, with_zfs: bool) -> Result<Capabilities, HostError> {
         caps.clock_uncertainty_ms = Some(unc);
     }
     caps.postfix = outs
-        .get(1)
+        .get(mail_version)
         .filter(|o| o.success())
         .and_then(|o| postfix::detect_capabilities(&o.stdout_text()));
-    if with_zfs {
-        let ver = outs.get(2);
-        let usage = outs.get(3).map(|o| o.stderr_text() + &o.stdout_text());
+    if let Some((version, usage, which)) = zfs_slots {
+        let ver = outs.get(version);
+        let usage = outs.get(usage).map(|o| o.stderr_text() + &o.stdout_text());
         caps.zfs = zfs::detect_capabilities(
             ver.is_some_and(Output::success),
             &ver.map(|o| o.stdout_text()).unwrap_or_default(),
             usage.as_deref().unwrap_or(""),
         );
-        if let Some(w) = outs.get(4) {
+        if let Some(w) = outs.get(which) {
             caps.jail = capabilities::parse_which(&w.stdout_text());
         }
     }
@@ -231,7 +222,8 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
     );
 
     // Second round trip: everything else, in one batch.
-    let mut cmds = vec![zfs::listing_argv(&props, &datasets)];
+    let mut b = Batch::new();
+    let listing = b.push(zfs::listing_argv(&props, &datasets));
     let uses_ezjail = s
         .spec
         .instances
@@ -242,20 +234,13 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
         .instances
         .values()
         .any(|i| matches!(i.runtime, Runtime::Jail { .. }));
-    let ezjail_at = uses_ezjail.then(|| {
-        cmds.push(jail::ezjail_list_argv());
-        cmds.len() - 1
-    });
-    let jls_at = uses_jail.then(|| {
-        cmds.push(jail::jls_json_argv());
-        cmds.len() - 1
-    });
+    let ezjail_at = uses_ezjail.then(|| b.push(jail::ezjail_list_argv()));
+    let jls_at = uses_jail.then(|| b.push(jail::jls_json_argv()));
     let mut exec_at = BTreeMap::new();
     for (name, inst) in &s.spec.instances {
         if let Some(a) = jail::runtime_argv(&inst.runtime, RuntimeVerb::Status, name.as_str(), node)
         {
-            cmds.push(a);
-            exec_at.insert(name.to_string(), cmds.len() - 1);
+            exec_at.insert(name.to_string(), b.push(a));
         }
     }
     let postfix_at = caps.postfix.as_ref().map(|pc| {
@@ -263,16 +248,14 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
             .iter()
             .map(|p| (*p).to_string())
             .collect();
-        cmds.push(postfix::postconf_argv(&names));
-        cmds.push(if pc.postqueue_json {
-            postfix::postqueue_argv()
-        } else {
-            argv(&["true"])
-        });
-        cmds.push(cat_postfix_table_argv(BCC_MAP_FILE));
-        cmds.len() - 3
+        (
+            b.push(postfix::postconf_argv(&names)),
+            // without `postqueue -j` (Postfix < 3.1) the queue is not read
+            pc.postqueue_json.then(|| b.push(postfix::postqueue_argv())),
+            b.push(postfix::cat_table_argv(BCC_MAP_FILE)),
+        )
     });
-    let outs = match h.run_batch(&cmds).await {
+    let outs = match h.run_slots(&b).await {
         Ok(o) => o,
         Err(e) => return unreachable(&e),
     };
@@ -281,7 +264,7 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
     let mut errors = Vec::new();
 
     // ZFS.
-    if let Some(l) = outs.first() {
+    if let Some(l) = outs.get(listing) {
         let stderr = l.stderr_text();
         match zfs::parse_listing_bytes(&l.stdout) {
             Ok(ds) => obs.datasets = ds,
@@ -339,9 +322,12 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
     }
 
     // Postfix.
-    if let Some(i) = postfix_at {
-        let mut p = read_postfix(&outs[i], &outs[i + 1], &mut errors);
-        if let Some(f) = outs.get(i + 2).filter(|o| o.success()) {
+    if let Some((conf, queue, table)) = postfix_at
+        && let Some(conf) = outs.get(conf)
+    {
+        let queue = queue.map(|q| outs.get(q));
+        let mut p = read_postfix(conf, queue, &mut errors);
+        if let Some(f) = outs.get(table).filter(|o| o.success()) {
             p.files.insert(BCC_MAP_FILE.into(), f.stdout_text());
         }
         obs.postfix = Some(p);
@@ -359,11 +345,25 @@ fn unknown(detail: String) -> InstanceState {
     }
 }
 
-fn read_postfix(conf: &Output, queue: &Output, errors: &mut Vec<String>) -> PostfixObservation {
+/// `queue`: `None` when the queue was not asked for (no `postqueue -j`), `Some(None)` when
+/// the batch ended before its output.
+fn read_postfix(
+    conf: &Output,
+    queue: Option<Option<&Output>>,
+    errors: &mut Vec<String>,
+) -> PostfixObservation {
     let mut p = PostfixObservation {
         settings: postfix::parse_postconf(&conf.stdout_text()),
         queue: Vec::new(),
         files: BTreeMap::new(),
+    };
+    let queue = match queue {
+        None => return p,
+        Some(None) => {
+            errors.push("postqueue -j: no output (the batch ended early)".into());
+            return p;
+        }
+        Some(Some(q)) => q,
     };
     if queue.success() {
         match postfix::parse_postqueue(&queue.stdout_text()) {
@@ -403,21 +403,18 @@ pub async fn observe_archive(h: &Host) -> ArchiveObservation {
                 .iter()
                 .map(|p| (*p).to_string())
                 .collect();
-            match h
-                .run_batch(&[
-                    postfix::postconf_argv(&names),
-                    postfix::postqueue_argv(),
-                    cat_postfix_table_argv(HOLD_MAP_FILE),
-                ])
-                .await
-            {
-                Ok(o) => {
-                    let mut p = read_postfix(&o[0], &o[1], &mut errors);
-                    if let Some(f) = o.get(2).filter(|o| o.success()) {
+            let mut b = Batch::new();
+            let conf = b.push(postfix::postconf_argv(&names));
+            let queue = b.push(postfix::postqueue_argv());
+            let table = b.push(postfix::cat_table_argv(HOLD_MAP_FILE));
+            match h.run_slots(&b).await {
+                Ok(o) => o.get(conf).map(|c| {
+                    let mut p = read_postfix(c, Some(o.get(queue)), &mut errors);
+                    if let Some(f) = o.get(table).filter(|o| o.success()) {
                         p.files.insert(HOLD_MAP_FILE.into(), f.stdout_text());
                     }
-                    Some(p)
-                }
+                    p
+                }),
                 Err(e) => return unreachable_archive(&e),
             }
         }

@@ -94,7 +94,7 @@ pub fn to_saved(plan: &Plan, spec: Option<&Spec>) -> SavedPlan {
                 depends_on: deps.into_iter().map(|(_, id)| id).collect(),
                 reason: a.reason.clone(),
                 commands: spec
-                    .and_then(|s| super::commands(s, a).ok())
+                    .and_then(|s| crate::adapters::dispatch::commands(s, a).ok())
                     .unwrap_or_default(),
             }
         })

@@ -828,7 +828,8 @@ fn failover_without_fencing_is_blocked_and_with_fencing_is_planned() {
     let pos = |k: &str| ids.iter().position(|i| i.starts_with(k)).unwrap();
     assert!(pos("controller:fence:node-a") < pos("node-b:set_readonly:zdata/imap/staff"));
     assert!(pos("controller:fence:node-a") < pos("node-b:start_instance:staff"));
-    let cmd = commands(&s, p.actions()[pos("controller:fence:node-a")]).unwrap();
+    let cmd = crate::adapters::dispatch::commands(&s, p.actions()[pos("controller:fence:node-a")])
+        .unwrap();
     assert_eq!(
         cmd,
         vec![vec![

@@ -802,6 +802,52 @@ impl Host {
     }
 }
 
+/// Commands for one round trip ([`Host::run_slots`]). Each [`Batch::push`] returns the
+/// [`Slot`] its output comes back in, so a result is bound to its command by a handle, never
+/// by counting positions.
+#[derive(Debug, Default)]
+pub struct Batch {
+    cmds: Vec<Vec<String>>,
+}
+
+/// Where one command's output is in the [`BatchOutputs`] of its [`Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Add a command; its output will be at the returned slot.
+    pub fn push(&mut self, argv: Vec<String>) -> Slot {
+        self.cmds.push(argv);
+        Slot(self.cmds.len() - 1)
+    }
+
+    pub fn commands(&self) -> &[Vec<String>] {
+        &self.cmds
+    }
+}
+
+/// The outputs of a [`Batch`], read by [`Slot`].
+#[derive(Debug)]
+pub struct BatchOutputs(Vec<Output>);
+
+impl BatchOutputs {
+    /// The output of the command pushed at `slot` (`None` if the batch ended before it).
+    pub fn get(&self, slot: Slot) -> Option<&Output> {
+        self.0.get(slot.0)
+    }
+}
+
+impl Host {
+    /// [`Host::run_batch`] of a [`Batch`]: one round trip, outputs by slot.
+    pub async fn run_slots(&self, batch: &Batch) -> Result<BatchOutputs, HostError> {
+        Ok(BatchOutputs(self.run_batch(batch.commands()).await?))
+    }
+}
+
 #[cfg(test)]
 mod batch_tests {
     use super::*;

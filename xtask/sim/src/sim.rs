@@ -750,7 +750,7 @@ impl Sim {
                         e.lines().next().unwrap_or("")
                     ));
                     self.record(&run, &a, Phase::Failed, Some(e.clone()));
-                    walk.finish(id, Outcome::Failed(e));
+                    walk.finish(id, Outcome::Failed(e.into()));
                 }
             }
             self.check()?;

@@ -1,0 +1,243 @@
+//! The one place an [`Action`] becomes argv: each action's commands and the bytes it feeds
+//! on stdin, built by the per-tool adapters. `plan` prints them; `apply` runs them.
+
+use crate::adapters::jail::{self, RuntimeVerb};
+use crate::adapters::{fencing, files, postfix, postfix_cmd, zfs};
+use crate::plan::{Action, ActionKind, Target};
+use crate::spec::Spec;
+
+/// The argv lists one action runs, in order, and where. The same function feeds the
+/// renderers (`plan` shows these commands) and the executor, so the plan is the truth.
+pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
+    let node = match (&a.host, &a.kind) {
+        (Target::Node(n), _) => n.as_str(),
+        (Target::Controller, _) => "",
+        (Target::Archive, _) => "",
+    };
+    let runtime = |instance: &str| {
+        spec.spec
+            .instances
+            .iter()
+            .find(|(n, _)| n.as_str() == instance)
+            .map(|(_, i)| &i.runtime)
+            .ok_or_else(|| format!("instance {instance} is not in the spec"))
+    };
+    Ok(match &a.kind {
+        ActionKind::CreateDataset {
+            dataset,
+            properties,
+        } => vec![zfs::create_argv(dataset, properties)],
+        ActionKind::SetProperties {
+            dataset,
+            properties,
+        } => properties
+            .iter()
+            .map(|(k, v)| zfs::set_argv(dataset, k, v))
+            .collect(),
+        ActionKind::SetReadonly { dataset, readonly } => vec![zfs::set_argv(
+            dataset,
+            "readonly",
+            if *readonly { "on" } else { "off" },
+        )],
+        ActionKind::Mount { dataset } => vec![zfs::mount_argv(dataset)],
+        ActionKind::Unmount { dataset } => vec![zfs::unmount_argv(dataset)],
+        ActionKind::StartInstance { instance } => {
+            vec![
+                jail::runtime_argv(runtime(instance)?, RuntimeVerb::Start, instance, node)
+                    .ok_or("no start command")?,
+            ]
+        }
+        ActionKind::StopInstance { instance } => {
+            vec![
+                jail::runtime_argv(runtime(instance)?, RuntimeVerb::Stop, instance, node)
+                    .ok_or("no stop command")?,
+            ]
+        }
+        ActionKind::Snapshot { dataset, name, .. } => vec![zfs::snapshot_argv(dataset, name)],
+        ActionKind::WriteFile { path, .. } => vec![files::write_file_argv(path)],
+        ActionKind::Postconf { settings, reload } => {
+            let mut v = Vec::new();
+            if !settings.is_empty() {
+                v.push(postfix::postconf_set_argv(settings));
+            }
+            if *reload {
+                v.push(postfix::reload_argv());
+            }
+            v
+        }
+        ActionKind::PurgeArchive { .. } => {
+            vec![postfix_cmd::postsuper_delete_argv()]
+        }
+        ActionKind::DropQueued { .. } => {
+            vec![postfix_cmd::postsuper_delete_queued_argv()]
+        }
+        ActionKind::WaitDelivered { .. } => vec![postfix::postqueue_argv()],
+        ActionKind::Fence { node: fenced } => {
+            let f = spec
+                .spec
+                .fencing
+                .as_ref()
+                .ok_or("no fencing command in the spec")?;
+            let host = spec
+                .spec
+                .nodes
+                .iter()
+                .find(|(n, _)| n.as_str() == fenced)
+                .map(|(_, n)| n.ssh.host.clone())
+                .unwrap_or_default();
+            vec![fencing::fence_argv(&f.command, fenced, &host)]
+        }
+        ActionKind::VerifyGuid {
+            source_dataset,
+            target_dataset,
+            snapshot,
+            ..
+        } => vec![
+            zfs::guid_argv(source_dataset, snapshot),
+            zfs::guid_argv(target_dataset, snapshot),
+        ],
+        ActionKind::Rollback {
+            dataset,
+            snapshot,
+            destroy_later,
+        } => vec![zfs::rollback_argv(dataset, snapshot, *destroy_later)],
+        ActionKind::AbortReceive { dataset } => vec![zfs::abort_receive_argv(dataset)],
+        ActionKind::RenameDataset { dataset, to } => vec![zfs::rename_argv(dataset, to)],
+        ActionKind::SetUserProperty {
+            dataset,
+            property,
+            value,
+        } => vec![match value {
+            Some(v) => zfs::set_argv(dataset, property, v),
+            None => zfs::inherit_argv(dataset, property),
+        }],
+        ActionKind::PreserveDelta {
+            dataset,
+            base,
+            snapshot,
+            file,
+        } => vec![
+            zfs::snapshot_argv(dataset, snapshot),
+            zfs::send_to_file_argv(dataset, base, snapshot, file),
+        ],
+        ActionKind::ArchRestore { .. } | ActionKind::ForgetFence { .. } => Vec::new(),
+        ActionKind::FlushQueue => vec![postfix::flush_argv()],
+        ActionKind::Hold { dataset, snapshot } => vec![zfs::hold_argv(dataset, snapshot)],
+        ActionKind::Release { dataset, snapshot } => vec![zfs::release_argv(dataset, snapshot)],
+        ActionKind::DestroySnapshots {
+            dataset,
+            snapshots,
+            batch,
+        } => {
+            if *batch {
+                zfs::destroy_argvs(dataset, snapshots, true)?
+            } else {
+                // the names go on stdin (`stdin_of`): one round trip for the whole list
+                vec![zfs::destroy_each_argv()]
+            }
+        }
+        ActionKind::Replicate {
+            source_dataset,
+            target,
+            target_pool,
+            base,
+            to,
+            relay,
+            resume_token,
+            resumable,
+            ..
+        } => {
+            let send = zfs::send_argv(source_dataset, base.as_deref(), to, resume_token.as_deref());
+            let recv = zfs::receive_argv(target_pool, *resumable);
+            if *relay {
+                // Run by the controller: send on the source, receive on the target.
+                vec![send, recv]
+            } else {
+                let t = spec
+                    .spec
+                    .nodes
+                    .iter()
+                    .find(|(n, _)| n.as_str() == target)
+                    .map(|(_, n)| &n.ssh)
+                    .ok_or_else(|| format!("target node {target} is not in the spec"))?;
+                let dt = zfs::DirectTarget {
+                    host: t.host.clone(),
+                    user: t.user.clone(),
+                    port: t.port,
+                    known_hosts: t.known_hosts.as_ref().map(|p| p.display().to_string()),
+                    identity: t.identity.as_ref().map(|p| p.display().to_string()),
+                };
+                vec![zfs::direct_pipeline_argv(
+                    &send,
+                    &zfs::direct_ssh_argv(&dt, &recv),
+                )]
+            }
+        }
+    })
+}
+
+/// The bytes fed to the (single) command of an action on its stdin, for the actions that
+/// take one: a file's content, the queue ids to delete, the snapshots to destroy one by one.
+pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
+    Ok(match &a.kind {
+        ActionKind::WriteFile { content, .. } => Some(content.as_bytes().to_vec()),
+        ActionKind::PurgeArchive { queue_ids, .. } | ActionKind::DropQueued { queue_ids, .. } => {
+            Some(
+                postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        ActionKind::DestroySnapshots {
+            dataset,
+            snapshots,
+            batch: false,
+        } => Some(zfs::destroy_each_stdin(dataset, snapshots)?),
+        _ => None,
+    })
+}
+
+/// Whether a failed command of `kind` left the wanted state anyway, from its stderr: a hold
+/// that exists, a release of a hold that is gone (a journal lost, or an apply killed between
+/// the command and its record). The tool's idempotency, known here and nowhere else.
+pub fn already_in_place(kind: &ActionKind, stderr: &str) -> bool {
+    match kind {
+        ActionKind::Hold { .. } => zfs::hold_exists(stderr),
+        ActionKind::Release { .. } => zfs::hold_missing(stderr),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_and_releases_are_idempotent_other_failures_are_not() {
+        let hold = ActionKind::Hold {
+            dataset: "p/d".into(),
+            snapshot: "s".into(),
+        };
+        let release = ActionKind::Release {
+            dataset: "p/d".into(),
+            snapshot: "s".into(),
+        };
+        assert!(already_in_place(
+            &hold,
+            "cannot hold snapshot 'p/d@s': tag already exists on this dataset"
+        ));
+        assert!(already_in_place(
+            &release,
+            "cannot release hold from snapshot 'p/d@s': no such tag on this dataset"
+        ));
+        assert!(!already_in_place(
+            &hold,
+            "cannot hold snapshot 'p/d@s': dataset does not exist"
+        ));
+        assert!(!already_in_place(
+            &ActionKind::Mount {
+                dataset: "p/d".into()
+            },
+            "tag already exists"
+        ));
+    }
+}

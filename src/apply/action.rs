@@ -1,0 +1,284 @@
+//! Per-action I/O: what running one action means on the hosts. The walk (`super::walk`)
+//! decides when; the dispatcher (`crate::adapters::dispatch`) builds the argv.
+
+use crate::adapters::dispatch::{self, commands};
+use crate::observe::Connections;
+use crate::plan::{Action, ActionKind, Target};
+use crate::spec::Spec;
+use crate::transport::host::{Host, Output};
+
+use super::error::ActionError;
+use super::replay;
+
+fn host_of<'c>(conns: &'c Connections, t: &Target) -> Result<&'c Host, ActionError> {
+    let not_connected = |host: &str| ActionError::Transport {
+        host: host.to_owned(),
+        detail: "not connected (it did not answer when this apply started)".into(),
+    };
+    match t {
+        Target::Node(n) => conns.node(n).ok_or_else(|| not_connected(n)),
+        Target::Archive => conns
+            .archive()
+            .ok_or_else(|| not_connected("the archive host")),
+        Target::Controller => Ok(&conns.local),
+    }
+}
+
+fn exit_error(host: &Host, argv: &[String], out: &Output) -> ActionError {
+    ActionError::Exit {
+        host: host.label().to_owned(),
+        argv: argv.join(" "),
+        status: out.status,
+        stderr: out.stderr_text().trim().to_owned(),
+    }
+}
+
+/// Run one action: its commands (from the dispatcher) on its host, or the I/O of the actions
+/// that are more than a list of commands (a relayed send, a guid check, a replay, a wait).
+pub async fn run(
+    spec: &Spec,
+    conns: &Connections,
+    a: &Action,
+    state_dir: &std::path::Path,
+) -> Result<(), ActionError> {
+    if let ActionKind::Replicate {
+        source,
+        target,
+        relay: true,
+        ..
+    } = &a.kind
+    {
+        let cmds = commands(spec, a).map_err(ActionError::Spec)?;
+        let (send, recv) = match cmds.as_slice() {
+            [s, r] => (s, r),
+            _ => return Err("relay replication needs a send and a receive".into()),
+        };
+        return relay(
+            host_of(conns, &Target::Node(source.clone()))?,
+            host_of(conns, &Target::Node(target.clone()))?,
+            send,
+            recv,
+        )
+        .await;
+    }
+    if let ActionKind::VerifyGuid { source, target, .. } = &a.kind {
+        let cmds = commands(spec, a).map_err(ActionError::Spec)?;
+        let mut guids = Vec::new();
+        for (node, argv) in [source, target].into_iter().zip(&cmds) {
+            let h = host_of(conns, &Target::Node(node.clone()))?;
+            let out = h
+                .run(argv)
+                .await
+                .map_err(|e| ActionError::transport(node, &e))?;
+            if !out.success() {
+                return Err(exit_error(h, argv, &out));
+            }
+            guids.push(out.stdout_text().trim().to_string());
+        }
+        return if guids.len() == 2 && guids[0] == guids[1] && !guids[0].is_empty() {
+            Ok(())
+        } else {
+            Err(ActionError::GuidMismatch {
+                source_node: source.clone(),
+                target_node: target.clone(),
+                source_guid: guids.first().cloned(),
+                target_guid: guids.get(1).cloned(),
+            })
+        };
+    }
+    if let ActionKind::ArchRestore {
+        instance,
+        node,
+        anchor,
+    } = &a.kind
+    {
+        use crate::decide::restore::{Target, Window};
+        let target = Target {
+            node: node.as_deref(),
+            window: match (node, anchor) {
+                (_, Some(a)) => Window::Anchor(a),
+                (Some(_), None) => Window::Everything,
+                (None, None) => Window::Newest,
+            },
+        };
+        // A fresh look: the instance was just started, the archive queue moved on.
+        let obs = crate::observe::observe(spec, conns).await;
+        let replay_error = |detail: String| ActionError::Replay {
+            instance: instance.clone(),
+            detail,
+        };
+        let report = replay::run(spec, conns, &obs, Some(instance), target, false, state_dir)
+            .await
+            .map_err(replay_error)?;
+        tracing::info!(instance = %instance, report = %report.text().trim(), "arch-restore");
+        return if report.ok() {
+            Ok(())
+        } else {
+            Err(replay_error(report.text().trim().to_owned()))
+        };
+    }
+    if let ActionKind::WaitDelivered { instance, domains } = &a.kind {
+        return wait_delivered(host_of(conns, &a.host)?, instance, domains).await;
+    }
+    let host = host_of(conns, &a.host)?;
+    let stdin = dispatch::stdin_of(a).map_err(ActionError::Spec)?;
+    for argv in commands(spec, a).map_err(ActionError::Spec)? {
+        let out = match &stdin {
+            Some(input) => host.run_with_stdin(&argv, input).await,
+            None => host.run(&argv).await,
+        }
+        .map_err(|e| ActionError::transport(host.label(), &e))?;
+        if !out.success() && dispatch::already_in_place(&a.kind, &out.stderr_text()) {
+            tracing::info!(action = %a.id, "already in place");
+            continue;
+        }
+        if !out.success() {
+            return Err(exit_error(host, &argv, &out));
+        }
+    }
+    Ok(())
+}
+
+/// How long a switchover waits for the old node's queue to deliver the instance's mail.
+const WAIT_DELIVERED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Poll the host's queue until nothing is queued for `domains` (the local deliveries of an
+/// instance; its archive copies are at the archive domain and do not count).
+async fn wait_delivered(
+    host: &Host,
+    instance: &str,
+    domains: &[String],
+) -> Result<(), ActionError> {
+    let argv = crate::adapters::postfix::postqueue_argv();
+    let until = std::time::Instant::now() + WAIT_DELIVERED;
+    loop {
+        let out = host
+            .run(&argv)
+            .await
+            .map_err(|e| ActionError::transport(host.label(), &e))?;
+        if !out.success() {
+            return Err(exit_error(host, &argv, &out));
+        }
+        let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
+            .map_err(|e| format!("postqueue -j on {}: {e}", host.label()))?;
+        let pending = crate::decide::restore::spool_pending(&queue, domains).len();
+        if pending == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(ActionError::StillQueued {
+                host: host.label().to_owned(),
+                instance: instance.to_owned(),
+                pending,
+                secs: WAIT_DELIVERED.as_secs(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The relay transport: `zfs send` on the source, `zfs receive` on the target, the stream
+/// copied through the controller. The receive's status decides; a failed send makes the
+/// receive see a truncated stream and fail.
+async fn relay(
+    src: &Host,
+    dst: &Host,
+    send: &[String],
+    recv: &[String],
+) -> Result<(), ActionError> {
+    let mut sender = src
+        .spawn(send)
+        .await
+        .map_err(|e| ActionError::transport(src.label(), &e))?;
+    let mut receiver = dst
+        .spawn(recv)
+        .await
+        .map_err(|e| ActionError::transport(dst.label(), &e))?;
+    let copied = tokio::io::copy(&mut sender.stdout, &mut receiver.stdin).await;
+    // Close the receive's stdin (drop it: a tokio pipe's shutdown does not close it) so it
+    // sees the end of the stream.
+    let _ = tokio::io::AsyncWriteExt::flush(&mut receiver.stdin).await;
+    drop(std::mem::replace(
+        &mut receiver.stdin,
+        Box::pin(tokio::io::sink()),
+    ));
+    let sent = sender
+        .wait()
+        .await
+        .map_err(|e| ActionError::transport(src.label(), &e))?;
+    let received = receiver
+        .wait()
+        .await
+        .map_err(|e| ActionError::transport(dst.label(), &e))?;
+    let bytes = copied.map_err(|e| ActionError::Transport {
+        host: format!("{} -> {}", src.label(), dst.label()),
+        detail: format!("relaying the stream through the controller: {e}"),
+    })?;
+    if !received.success() {
+        let mut e = exit_error(dst, recv, &received);
+        if let ActionError::Exit { stderr, .. } = &mut e {
+            stderr.push_str(&format!(" (send: {})", sent.stderr_text().trim()));
+        }
+        return Err(e);
+    }
+    if !sent.success() {
+        return Err(exit_error(src, send, &sent));
+    }
+    tracing::info!(bytes, "relayed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::host::{AnyHost, LocalHost, RoundTrips};
+
+    fn local(label: &str, trips: &RoundTrips) -> Host {
+        Host::new(label, AnyHost::Local(LocalHost), trips)
+    }
+
+    #[tokio::test]
+    async fn relay_copies_the_whole_stream_and_the_receiver_decides() {
+        let trips = RoundTrips::default();
+        let (src, dst) = (local("src", &trips), local("dst", &trips));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received");
+        // 5 MB of data through the controller.
+        let send: Vec<String> = ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let recv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            "cat > \"$1\"".into(),
+            "sh".into(),
+            out.display().to_string(),
+        ];
+        relay(&src, &dst, &send, &recv).await.unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 5_000_000);
+
+        // A receiver that fails (a truncated or refused stream) fails the transfer.
+        let bad: Vec<String> = [
+            "sh",
+            "-c",
+            "cat > /dev/null; echo 'cannot receive' >&2; exit 1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = relay(&src, &dst, &send, &bad).await.unwrap_err();
+        assert!(e.to_string().contains("cannot receive"), "{e}");
+
+        // A sender that fails after part of the stream fails it too.
+        let broken: Vec<String> = ["sh", "-c", "printf partial; exit 2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = relay(&src, &dst, &broken, &recv).await.unwrap_err();
+        assert!(
+            matches!(&e, ActionError::Exit { argv, status: Some(2), .. } if argv.starts_with("sh")),
+            "{e}"
+        );
+    }
+}
