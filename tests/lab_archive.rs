@@ -23,7 +23,8 @@ fn root() -> PathBuf {
 }
 
 fn lab_spec() -> Spec {
-    let mut specs = spoolkeeper::spec::load(&root().join("examples/lab.yaml")).expect("lab spec");
+    let mut specs =
+        spoolkeeper::cli::load::specs(&root().join("examples/lab.yaml")).expect("lab spec");
     specs.remove(0)
 }
 

@@ -9,4 +9,5 @@ pub mod files;
 pub mod jail;
 pub mod postfix;
 pub mod postfix_cmd;
+pub mod shell;
 pub mod zfs;

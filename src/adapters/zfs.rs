@@ -962,7 +962,7 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
     v.push(t.host.clone());
     v.push("--".into());
     // ssh joins its arguments into one string for the remote shell: quote each for it.
-    v.push(crate::transport::host::remote_command_line(remote));
+    v.push(crate::adapters::shell::remote_command_line(remote));
     v
 }
 
@@ -970,7 +970,7 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
 /// Every argument is quoted; the receive's exit status is the pipeline's (a failed or
 /// truncated send makes the receive fail).
 pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
-    let q = |v: &[String]| crate::transport::host::remote_command_line(v);
+    let q = |v: &[String]| crate::adapters::shell::remote_command_line(v);
     vec![
         "sh".into(),
         "-c".into(),

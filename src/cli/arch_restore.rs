@@ -16,7 +16,7 @@ pub fn main(
     json: bool,
     state_dir: Option<PathBuf>,
 ) -> u8 {
-    let specs = match crate::spec::load(file) {
+    let specs = match super::load::specs(file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -2,6 +2,7 @@
 //! decides anything the core does not.
 
 pub mod arch_restore;
+pub mod load;
 pub mod status;
 pub mod summary;
 
@@ -250,7 +251,7 @@ fn default_output(o: Option<Output>) -> Output {
 
 fn validate(file: &std::path::Path, output: Option<Output>) -> u8 {
     let output = default_output(output);
-    match spec::load(file) {
+    match load::specs(file) {
         Ok(specs) => {
             let mut out = std::io::stdout().lock();
             match output {
@@ -332,7 +333,7 @@ fn schema() -> u8 {
 
 /// Load specs for a command that touches hosts: a bad spec stops everything (exit 1).
 fn load_or_report(file: &std::path::Path) -> Option<Vec<spec::Spec>> {
-    match spec::load(file) {
+    match load::specs(file) {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!("{e}");

@@ -10,7 +10,7 @@ use crate::decide::status::{Status, check_labeled, status, text};
 
 /// `spoolkeeper status -f FILE [--output json] [--state-dir DIR]`: exit 0, 1 on a bad spec.
 pub fn status_main(file: &Path, json: bool, state_dir: &Path) -> u8 {
-    let specs = match crate::spec::load(file) {
+    let specs = match super::load::specs(file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -72,7 +72,7 @@ fn unknown(summary: String) -> CheckResult {
 }
 
 fn check_files(file: &Path) -> CheckResult {
-    let specs = match crate::spec::load(file) {
+    let specs = match super::load::specs(file) {
         Ok(s) => s,
         Err(e) => {
             let first = e.0.first().map_or_else(

@@ -40,8 +40,8 @@ use crate::model::{
     Dataset, InstanceState, NodeObservation, Observation, Reachability, RunState, Snapshot,
     UnreachableKind,
 };
+use crate::plan::history::{Phase, Record};
 use crate::spec::{Instance, Spec};
-use crate::state::journal::{Phase, Record};
 
 /// A node's role for the instances, from the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,6 +9,7 @@ mod archiving;
 mod blocked;
 pub mod effect;
 mod graph;
+pub mod history;
 mod instance;
 mod marks;
 mod protect;

@@ -208,7 +208,7 @@ pub fn text(plan: &Plan, spec: Option<&Spec>) -> String {
                 let _ = writeln!(
                     o,
                     "         $ {}",
-                    crate::transport::host::remote_command_line(c)
+                    crate::adapters::shell::remote_command_line(c)
                 );
             }
         }

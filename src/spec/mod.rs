@@ -527,49 +527,23 @@ fn serde_message(e: &yaml_serde::Error) -> String {
     m.replace("invalid type: ", "wrong type: ")
 }
 
-/// Load one file, or every `*.yaml`/`*.yml` file of a directory (one cluster per file).
-/// All problems of all files are returned together.
-pub fn load(path: &Path) -> Result<Vec<Spec>, SpecErrors> {
-    let io_err = |p: &Path, e: std::io::Error| {
-        SpecErrors(vec![diag(
-            p,
-            None,
-            Pos { line: 1, col: 1 },
-            format!("cannot read: {e}"),
-        )])
-    };
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| io_err(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml") | Some("yml")
-                    )
-            })
-            .collect();
-        v.sort();
-        if v.is_empty() {
-            return Err(SpecErrors(vec![diag(
-                path,
-                None,
-                Pos { line: 1, col: 1 },
-                "no *.yaml spec files in this directory",
-            )]));
-        }
-        v
-    } else {
-        vec![path.to_owned()]
-    };
+/// A problem with a whole file (it cannot be read, a directory without specs), at 1:1.
+pub fn file_error(path: &Path, message: impl Into<String>) -> Diagnostic {
+    diag(path, None, Pos { line: 1, col: 1 }, message)
+}
+
+/// Parse the files read together (one cluster per file): every problem of every file, and
+/// cluster names unique across them. A file that could not be read is its error.
+pub fn parse_files(
+    files: Vec<(PathBuf, Result<Vec<u8>, String>)>,
+) -> Result<Vec<Spec>, SpecErrors> {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
-    for f in files {
-        let bytes = match read_bounded(&f) {
+    for (f, bytes) in files {
+        let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
-                errors.extend(io_err(&f, e).0);
+                errors.push(file_error(&f, format!("cannot read: {e}")));
                 continue;
             }
         };
@@ -582,10 +556,8 @@ pub fn load(path: &Path) -> Result<Vec<Spec>, SpecErrors> {
     let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
     for s in &specs {
         if let Some(first) = seen.insert(s.name.as_str(), &s.file) {
-            errors.push(diag(
+            errors.push(file_error(
                 &s.file,
-                None,
-                Pos { line: 1, col: 1 },
                 format!(
                     "cluster name `{}` is already used by {}",
                     s.name,
@@ -599,16 +571,6 @@ pub fn load(path: &Path) -> Result<Vec<Spec>, SpecErrors> {
     } else {
         Err(SpecErrors(errors))
     }
-}
-
-/// Read at most `MAX_SPEC_BYTES + 1` bytes, so a huge file costs nothing to refuse.
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_SPEC_BYTES as u64 + 1)
-        .read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// The JSON Schema (draft-07) of a spec file, for editors (yaml-language-server).

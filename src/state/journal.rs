@@ -10,33 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub at: Timestamp,
-    /// The apply run (controller pid and start time).
-    pub run: String,
-    /// The action id (`node-a:start_instance:students`), or `apply` for run records.
-    pub action: String,
-    pub phase: Phase,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The whole action, on `done` records: what later plans learn from (holds put,
-    /// fencing that succeeded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub done: Option<crate::plan::Action>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Start,
-    Done,
-    Failed,
-    Skipped,
-}
+pub use crate::plan::history::{Phase, Record, context, fences_seen_back};
 
 /// The journal of one cluster.
 pub struct Journal {
@@ -121,32 +96,6 @@ impl Journal {
     }
 }
 
-/// The fences that a fresh observation disproves: nodes proven fenced by a fencing command
-/// that are reachable now. A fence proves a node cannot serve only until it comes back; that
-/// it came back must be remembered even when the plan of this run is blocked and not run (a
-/// node seen up, then cut again, is not fenced any more), so `apply` journals these before
-/// it plans, as completed `forget_fence` actions.
-pub fn fences_seen_back(
-    ctx: &crate::plan::Context,
-    obs: &crate::model::Observation,
-) -> Vec<crate::plan::Action> {
-    ctx.fenced_by_command
-        .iter()
-        .filter(|n| {
-            obs.nodes
-                .get(n.as_str())
-                .is_some_and(|o| o.reachability.is_reachable())
-        })
-        .map(|n| {
-            crate::plan::Action::new(
-                crate::plan::Target::Controller,
-                crate::plan::ActionKind::ForgetFence { node: n.clone() },
-                format!("{n} is reachable again: a later failover must fence it again"),
-            )
-        })
-        .collect()
-}
-
 /// Open a line file for appending, ending a torn last line (a crash mid-write) first, so that
 /// the next record starts on a line of its own and is never swallowed by the torn one.
 pub fn open_append(path: &Path) -> std::io::Result<File> {
@@ -167,18 +116,6 @@ pub fn open_append(path: &Path) -> std::io::Result<File> {
         }
     }
     Ok(file)
-}
-
-/// What the planner must know from past applies: the journal folded through
-/// [`crate::plan::Context::learn`].
-pub fn context(records: &[Record]) -> crate::plan::Context {
-    let mut ctx = crate::plan::Context::default();
-    for r in records {
-        if let (Phase::Done, Some(a)) = (r.phase, &r.done) {
-            ctx.learn(a);
-        }
-    }
-    ctx
 }
 
 /// The default state directory: `$SPOOLKEEPER_STATE_DIR`, else `$XDG_STATE_HOME/spoolkeeper`,

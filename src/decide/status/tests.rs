@@ -10,8 +10,8 @@ use crate::model::{
     Observation, PostfixObservation, QueueEntry, QueueRecipient, Reachability, RunState, Snapshot,
     UnreachableKind,
 };
+use crate::plan::history::{Phase, Record};
 use crate::spec::{self, Spec};
-use crate::state::journal::{Phase, Record};
 
 const SPEC: &str = r#"
 apiVersion: spoolkeeper/v1
