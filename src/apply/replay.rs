@@ -29,7 +29,8 @@ use crate::model::{Observation, QueueEntry};
 use crate::observe::Connections;
 use crate::spec::Spec;
 use crate::state::ledger::{Ledger, LedgerEntry};
-use crate::transport::host::{Batch, Host};
+use crate::transport::Batch;
+use crate::transport::host::Host;
 use crate::transport::smtp;
 
 /// Most queue ids per `postcat` call (about 40 KB of command line).

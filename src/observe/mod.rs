@@ -18,9 +18,7 @@ use crate::model::{
     PostfixObservation, Reachability, RunState, UnreachableKind,
 };
 use crate::spec::{self, Runtime, Spec};
-use crate::transport::host::{
-    AnyHost, Batch, Host, HostError, Output, RoundTrips, SshConfig, SshHost,
-};
+use crate::transport::host::{AnyHost, Host, HostError, Output, RoundTrips, SshConfig, SshHost};
 
 /// Postfix parameters observed on every node and on the archive host.
 pub const POSTFIX_PARAMETERS: &[&str] = &[
@@ -34,6 +32,7 @@ pub const POSTFIX_PARAMETERS: &[&str] = &[
 ];
 
 use crate::decide::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
+use crate::transport::Batch;
 
 /// Open connections to the hosts of one spec.
 pub struct Connections {

@@ -546,6 +546,43 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Run argv with `input` on its stdin, to completion (file contents, queue ids for
+    /// `postsuper -d -`). One round trip.
+    pub async fn run_with_stdin(&self, argv: &[String], input: &[u8]) -> Result<Output, HostError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut child = self.spawn(argv).await?;
+        let label = self.label.clone();
+        let io = |source| HostError::Io {
+            host: label.clone(),
+            source,
+        };
+        // Write and read concurrently: a command that answers while reading must not block.
+        let mut stdin = std::mem::replace(&mut child.stdin, Box::pin(tokio::io::sink()));
+        let input = input.to_vec();
+        let writer = async move {
+            stdin.write_all(&input).await?;
+            stdin.flush().await?;
+            drop(stdin);
+            Ok::<(), std::io::Error>(())
+        };
+        let mut stdout = std::mem::replace(&mut child.stdout, Box::pin(tokio::io::empty()));
+        let reader = async move {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await.map(|_| out)
+        };
+        // stderr is drained by `wait`: poll it at the same time, or a command that writes
+        // more than a pipe's worth on stderr (postsuper -d: one line per deleted message)
+        // blocks, never closes stdout, and the run hangs forever.
+        let (w, r, res) = tokio::join!(writer, reader, child.wait());
+        w.map_err(io)?;
+        let out = r.map_err(io)?;
+        let mut res = res?;
+        res.stdout = out;
+        Ok(res)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,211 +724,6 @@ mod tests {
         assert!(got.iter().all(|&b| b == 7));
         let out = s.wait().await.unwrap();
         assert!(out.success());
-    }
-}
-
-/// Several commands in one round trip: one `sh -c` script runs each argv (each argument
-/// quoted by [`quote_posix`]) in order, and marks the end of each command's stdout and
-/// stderr with a per-call nonce and its exit status. Observation uses it to stay within two
-/// round trips per host.
-pub fn batch_script(cmds: &[Vec<String>], nonce: &str) -> String {
-    let mut s = String::new();
-    for (i, argv) in cmds.iter().enumerate() {
-        let line: Vec<String> = argv.iter().map(|a| quote_posix(a)).collect();
-        s.push_str(&line.join(" "));
-        s.push_str(" </dev/null\n");
-        s.push_str(&format!(
-            "printf '\\n@@SK-{nonce}-%d-%d@@\\n' {i} $?\nprintf '\\n@@SK-{nonce}-{i}@@\\n' >&2\n"
-        ));
-    }
-    s
-}
-
-/// Split the output of [`batch_script`] back into one [`Output`] per command. A command
-/// whose marker is missing (the script was cut short) gets status `None`.
-pub fn split_batch(n: usize, nonce: &str, stdout: &[u8], stderr: &[u8]) -> Vec<Output> {
-    let mut outs = Vec::with_capacity(n);
-    let mut rest_out = stdout;
-    let mut rest_err = stderr;
-    for i in 0..n {
-        let prefix = format!("\n@@SK-{nonce}-{i}-");
-        let (body, status, after) = match find(rest_out, prefix.as_bytes()) {
-            Some(p) => {
-                let tail = &rest_out[p + prefix.len()..];
-                let end = find(tail, b"@@\n").unwrap_or(tail.len());
-                let status = std::str::from_utf8(&tail[..end])
-                    .ok()
-                    .and_then(|s| s.parse::<i32>().ok());
-                let next = (end + 3).min(tail.len());
-                (&rest_out[..p], status, &tail[next..])
-            }
-            None => (rest_out, None, &rest_out[rest_out.len()..]),
-        };
-        rest_out = after;
-        let emark = format!("\n@@SK-{nonce}-{i}@@\n");
-        let (ebody, eafter) = match find(rest_err, emark.as_bytes()) {
-            Some(p) => (&rest_err[..p], &rest_err[p + emark.len()..]),
-            None => (rest_err, &rest_err[rest_err.len()..]),
-        };
-        rest_err = eafter;
-        outs.push(Output {
-            status,
-            stdout: body.to_vec(),
-            stderr: ebody.to_vec(),
-        });
-    }
-    outs
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A nonce for [`batch_script`] markers: unlikely in any command's output.
-pub fn batch_nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}{:x}", t, std::process::id())
-}
-
-impl Host {
-    /// Run several commands in ONE round trip (see [`batch_script`]). A transport error
-    /// fails the whole batch; commands that exit non-zero do not.
-    pub async fn run_batch(&self, cmds: &[Vec<String>]) -> Result<Vec<Output>, HostError> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let nonce = batch_nonce();
-        let script = batch_script(cmds, &nonce);
-        let out = self
-            .run(&["sh".to_string(), "-c".to_string(), script])
-            .await?;
-        Ok(split_batch(cmds.len(), &nonce, &out.stdout, &out.stderr))
-    }
-}
-
-/// Commands for one round trip ([`Host::run_slots`]). Each [`Batch::push`] returns the
-/// [`Slot`] its output comes back in, so a result is bound to its command by a handle, never
-/// by counting positions.
-#[derive(Debug, Default)]
-pub struct Batch {
-    cmds: Vec<Vec<String>>,
-}
-
-/// Where one command's output is in the [`BatchOutputs`] of its [`Batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot(usize);
-
-impl Batch {
-    pub fn new() -> Batch {
-        Batch::default()
-    }
-
-    /// Add a command; its output will be at the returned slot.
-    pub fn push(&mut self, argv: Vec<String>) -> Slot {
-        self.cmds.push(argv);
-        Slot(self.cmds.len() - 1)
-    }
-
-    pub fn commands(&self) -> &[Vec<String>] {
-        &self.cmds
-    }
-}
-
-/// The outputs of a [`Batch`], read by [`Slot`].
-#[derive(Debug)]
-pub struct BatchOutputs(Vec<Output>);
-
-impl BatchOutputs {
-    /// The output of the command pushed at `slot` (`None` if the batch ended before it).
-    pub fn get(&self, slot: Slot) -> Option<&Output> {
-        self.0.get(slot.0)
-    }
-}
-
-impl Host {
-    /// [`Host::run_batch`] of a [`Batch`]: one round trip, outputs by slot.
-    pub async fn run_slots(&self, batch: &Batch) -> Result<BatchOutputs, HostError> {
-        Ok(BatchOutputs(self.run_batch(batch.commands()).await?))
-    }
-}
-
-#[cfg(test)]
-mod batch_tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_batch_keeps_each_commands_output_status_and_arguments() {
-        let trips = RoundTrips::default();
-        let h = Host::new("local", AnyHost::Local(LocalHost), &trips);
-        let awkward = "a b'c\"$HOME;*\n\\!".to_string();
-        let cmds = vec![
-            vec!["printf".into(), "%s".into(), awkward.clone()],
-            vec!["sh".into(), "-c".into(), "echo err >&2; exit 3".into()],
-            vec!["printf".into(), "no newline".into()],
-            vec!["true".into()],
-        ];
-        let outs = h.run_batch(&cmds).await.unwrap();
-        assert_eq!(h.round_trips(), 1);
-        assert_eq!(outs.len(), 4);
-        assert_eq!(outs[0].stdout, awkward.as_bytes());
-        assert_eq!(outs[0].status, Some(0));
-        assert_eq!(outs[1].status, Some(3));
-        assert_eq!(outs[1].stderr_text().trim(), "err");
-        assert_eq!(outs[2].stdout_text(), "no newline");
-        assert_eq!(outs[3].status, Some(0));
-        assert!(outs[3].stdout.is_empty());
-    }
-
-    #[test]
-    fn a_cut_short_batch_leaves_later_statuses_unknown() {
-        let outs = split_batch(2, "n", b"hello\n@@SK-n-0-0@@\npartial", b"");
-        assert_eq!(outs[0].status, Some(0));
-        assert_eq!(outs[0].stdout, b"hello");
-        assert_eq!(outs[1].status, None);
-        assert_eq!(outs[1].stdout, b"partial");
-    }
-}
-
-impl Host {
-    /// Run argv with `input` on its stdin, to completion (file contents, queue ids for
-    /// `postsuper -d -`). One round trip.
-    pub async fn run_with_stdin(&self, argv: &[String], input: &[u8]) -> Result<Output, HostError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut child = self.spawn(argv).await?;
-        let label = self.label.clone();
-        let io = |source| HostError::Io {
-            host: label.clone(),
-            source,
-        };
-        // Write and read concurrently: a command that answers while reading must not block.
-        let mut stdin = std::mem::replace(&mut child.stdin, Box::pin(tokio::io::sink()));
-        let input = input.to_vec();
-        let writer = async move {
-            stdin.write_all(&input).await?;
-            stdin.flush().await?;
-            drop(stdin);
-            Ok::<(), std::io::Error>(())
-        };
-        let mut stdout = std::mem::replace(&mut child.stdout, Box::pin(tokio::io::empty()));
-        let reader = async move {
-            let mut out = Vec::new();
-            stdout.read_to_end(&mut out).await.map(|_| out)
-        };
-        // stderr is drained by `wait`: poll it at the same time, or a command that writes
-        // more than a pipe's worth on stderr (postsuper -d: one line per deleted message)
-        // blocks, never closes stdout, and the run hangs forever.
-        let (w, r, res) = tokio::join!(writer, reader, child.wait());
-        w.map_err(io)?;
-        let out = r.map_err(io)?;
-        let mut res = res?;
-        res.stdout = out;
-        Ok(res)
     }
 }
 
