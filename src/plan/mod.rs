@@ -15,26 +15,24 @@ mod marks;
 mod protect;
 pub mod render;
 mod resync;
+mod saved;
 mod serving;
 mod switchover;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use action::{Access, Action, ActionKind, Effect, Object, Target};
 pub use blocked::Blocked;
 pub use graph::{CycleError, Plan};
+pub use history::Context;
+pub use saved::{FORMAT_VERSION, SavedPlan, fingerprint};
 
 use crate::model::{Dataset, NodeObservation, Observation};
 use crate::spec::{NodeName, Spec};
 
 pub use marks::{Marks, REPLAY_PROPERTY, RESYNC_PROPERTY, ResyncPhase};
-
-/// The version of the JSON plan format (`plan --output json`, `plan --out FILE`).
-pub const FORMAT_VERSION: u32 = 1;
 
 /// Properties compared as sizes (`80T` equals `87960930222080`; `none` equals `0`).
 use crate::spec::SIZE_PROPERTIES;
@@ -64,101 +62,6 @@ pub fn property_matches(name: &str, want: &str, have: Option<&str>) -> bool {
         };
     }
     want == have
-}
-
-/// The fingerprint of an observation: what `apply --plan` compares to refuse a stale plan.
-/// Times of the observation itself and clock measurements are left out (they change on
-/// every run without changing the world); everything else counts.
-pub fn fingerprint(obs: &Observation) -> String {
-    let mut o = obs.clone();
-    o.observed_at = Timestamp::UNIX_EPOCH;
-    for n in o.nodes.values_mut() {
-        n.capabilities.clock_offset_ms = None;
-        n.capabilities.clock_uncertainty_ms = None;
-    }
-    if let Some(a) = o.archive.as_mut() {
-        a.capabilities.clock_offset_ms = None;
-        a.capabilities.clock_uncertainty_ms = None;
-    }
-    let json = serde_json::to_vec(&o).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Options that change what the planner may do.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Context {
-    /// Nodes proven fenced by a fencing command that succeeded (from the journal).
-    pub fenced_by_command: BTreeSet<String>,
-    /// Snapshots carrying spoolkeeper's hold, as `node dataset@snapshot` (from the journal:
-    /// the holds this controller put and has not released). Only these are ever released.
-    pub held: BTreeSet<String>,
-    /// The spool backlog recorded when each snapshot was taken, keyed by
-    /// [`Context::backlog_key`] (the dataset without its pool: a snapshot keeps its name and
-    /// its meaning on every node it is replicated to), which the archive watermark needs;
-    /// unknown snapshots are never used to purge.
-    pub backlogs: BTreeMap<String, crate::decide::archive::SpoolBacklog>,
-}
-
-impl Context {
-    /// The key of a backlog in [`Context::backlogs`]: `imap/students@sk_…` for the snapshot
-    /// `zdata/imap/students@sk_…` (on any pool).
-    pub fn backlog_key(dataset: &str, snapshot: &str) -> String {
-        let rel = dataset.split_once('/').map_or(dataset, |(_, r)| r);
-        format!("{rel}@{snapshot}")
-    }
-
-    /// The backlog recorded for a snapshot of `dataset` (full name, any node).
-    pub fn backlog(
-        &self,
-        dataset: &str,
-        snapshot: &str,
-    ) -> Option<crate::decide::archive::SpoolBacklog> {
-        self.backlogs
-            .get(&Self::backlog_key(dataset, snapshot))
-            .copied()
-    }
-
-    /// The key of a hold in [`Context::held`].
-    pub fn hold_key(node: &str, dataset: &str, snapshot: &str) -> String {
-        format!("{node} {dataset}@{snapshot}")
-    }
-
-    /// What a completed action teaches the next plan (the journal is folded through this).
-    pub fn learn(&mut self, a: &Action) {
-        if let ActionKind::Fence { node } = &a.kind {
-            self.fenced_by_command.insert(node.clone());
-        }
-        if let ActionKind::ForgetFence { node } = &a.kind {
-            self.fenced_by_command.remove(node);
-        }
-        if let ActionKind::Snapshot {
-            dataset,
-            name,
-            backlog,
-        } = &a.kind
-        {
-            self.backlogs
-                .insert(Self::backlog_key(dataset, name), *backlog);
-        }
-        let Target::Node(node) = &a.host else { return };
-        match &a.kind {
-            ActionKind::Hold { dataset, snapshot } => {
-                self.held.insert(Self::hold_key(node, dataset, snapshot));
-            }
-            ActionKind::Release { dataset, snapshot } => {
-                self.held.remove(&Self::hold_key(node, dataset, snapshot));
-            }
-            ActionKind::DestroySnapshots {
-                dataset, snapshots, ..
-            } => {
-                for sn in snapshots {
-                    self.held.remove(&Self::hold_key(node, dataset, sn));
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// Plan the convergence of one cluster.
@@ -434,14 +337,5 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// Plans serialised for `plan --out` and read back by `apply --plan`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedPlan {
-    pub format_version: u32,
-    pub cluster: String,
-    pub fingerprint: String,
-    pub actions: Vec<render::JsonAction>,
-    pub blocked: Vec<render::JsonBlocked>,
-}
 #[cfg(test)]
 mod tests;
