@@ -218,7 +218,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let line = String::from_utf8_lossy(&buf);
             let line = line.trim_end_matches(['\r', '\n']);
-            let (digits, rest) = line.split_at(line.len().min(3));
+            // any bytes may come from a remote host: split on a character boundary only
+            let (digits, rest) = match (line.get(..3), line.get(3..)) {
+                (Some(d), Some(r)) => (d, r),
+                _ => (line, ""),
+            };
             let c: u16 = match digits.parse() {
                 Ok(c) if digits.len() == 3 && (200..600).contains(&c) => c,
                 _ => return Err(SmtpError::Protocol(format!("not a reply: `{line}`"))),
@@ -521,13 +525,23 @@ mod tests {
 
     #[tokio::test]
     async fn bad_replies_and_eof_are_errors() {
-        for script in ["hello\r\n", "220-a\r\n250 b\r\n", "22"] {
+        // the last ones are not UTF-8: a byte that splits a replacement character at byte 3
+        // (it panicked before), a non-UTF-8 greeting text
+        let scripts: [&[u8]; 6] = [
+            b"hello\r\n",
+            b"220-a\r\n250 b\r\n",
+            b"22",
+            b"22\xff\r\n",
+            b"2\xc3\xa9\r\n",
+            b"220\xff\xfe\r\n",
+        ];
+        for script in scripts {
             let (a, mut b) = duplex(1024);
-            b.write_all(script.as_bytes()).await.unwrap();
+            b.write_all(script).await.unwrap();
             drop(b);
             assert!(
                 Client::start(a, "x", Duration::from_secs(5)).await.is_err(),
-                "{script}"
+                "{script:?}"
             );
         }
         let (a, mut b) = duplex(1024);
