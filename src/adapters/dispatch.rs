@@ -6,6 +6,8 @@ use crate::adapters::{fencing, files, postfix, postfix_cmd, zfs};
 use crate::plan::{Action, ActionKind, Target};
 use crate::spec::Spec;
 
+use std::time::Duration;
+
 /// The argv lists one action runs, in order, and where. The same function feeds the
 /// renderers (`plan` shows these commands) and the executor, so the plan is the truth.
 pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
@@ -195,6 +197,25 @@ pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
         _ => None,
     })
 }
+
+/// How long one command of an action may take: the actions that move data (a replication
+/// stream, a delta saved to a file) or touch many snapshots get hours, everything else the
+/// transport's default ([`DEFAULT_TIMEOUT`]). A command past it is abandoned and the action
+/// fails; the next apply re-observes.
+pub fn timeout_of(kind: &ActionKind) -> Duration {
+    match kind {
+        ActionKind::Replicate { .. } | ActionKind::PreserveDelta { .. } => DATA_TIMEOUT,
+        ActionKind::DestroySnapshots { .. } | ActionKind::RenameDataset { .. } => {
+            Duration::from_secs(3600)
+        }
+        _ => DEFAULT_TIMEOUT,
+    }
+}
+
+/// A replication stream or a saved delta: a day (a first full send of TBs).
+pub const DATA_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Any other command.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Whether a failed command of `kind` left the wanted state anyway, from its stderr: a hold
 /// that exists, a release of a hold that is gone (a journal lost, or an apply killed between

@@ -123,9 +123,10 @@ pub async fn run(
     let host = host_of(conns, &a.host)?;
     let stdin = dispatch::stdin_of(a).map_err(ActionError::Spec)?;
     for argv in commands(spec, a).map_err(ActionError::Spec)? {
+        let limit = dispatch::timeout_of(&a.kind);
         let out = match &stdin {
-            Some(input) => host.run_with_stdin(&argv, input).await,
-            None => host.run(&argv).await,
+            Some(input) => host.run_with_stdin_timeout(&argv, input, limit).await,
+            None => host.run_timeout(&argv, limit).await,
         }
         .map_err(|e| ActionError::transport(host.label(), &e))?;
         if !out.success() && dispatch::already_in_place(&a.kind, &out.stderr_text()) {

@@ -127,6 +127,13 @@ pub enum HostError {
     /// An empty argv was given (a bug in the caller).
     #[error("empty argv")]
     EmptyArgv,
+    /// The command did not finish in time; it was abandoned (a local one is killed).
+    #[error("{host}: `{program}` did not finish within {after:?}; abandoned")]
+    CommandTimeout {
+        host: String,
+        program: String,
+        after: Duration,
+    },
     /// I/O while talking to a running command.
     #[error("{host}: i/o with running command: {source}")]
     Io {
@@ -213,7 +220,10 @@ impl SshHost {
         let mut b = openssh::SessionBuilder::default();
         b.known_hosts_check(openssh::KnownHosts::Strict)
             .connect_timeout(config.connect_timeout)
-            .server_alive_interval(config.keepalive);
+            .server_alive_interval(config.keepalive)
+            // a master outliving a killed controller exits once idle for a minute (the
+            // default keeps it forever)
+            .control_persist(openssh::ControlPersist::IdleFor(MASTER_IDLE));
         if let Some(u) = &config.user {
             b.user(u.clone());
         }
@@ -351,7 +361,19 @@ pub struct Host {
     label: String,
     inner: AnyHost,
     trips: Arc<AtomicU64>,
+    /// How long [`Host::run`] and [`Host::run_with_stdin`] wait for a command.
+    timeout: Duration,
 }
+
+/// How long an SSH control master stays once idle (its controller gone, say after a kill).
+const MASTER_IDLE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(60) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// The default command timeout: no command spoolkeeper sends takes longer on a healthy host,
+/// except those that move data (their callers pass their own, [`Host::run_timeout`]).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn log_end(res: &Result<Output, HostError>, started: Instant) {
     let ms = started.elapsed().as_millis() as u64;
@@ -370,6 +392,26 @@ impl Host {
             label,
             inner,
             trips,
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// The same host with another default command timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Host {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The default command timeout of this host.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn timed_out(&self, argv: &[String], after: Duration) -> HostError {
+        HostError::CommandTimeout {
+            host: self.label.clone(),
+            program: argv.first().cloned().unwrap_or_default(),
+            after,
         }
     }
 
@@ -383,8 +425,25 @@ impl Host {
         self.trips.load(Ordering::Relaxed)
     }
 
-    /// Run argv to completion. THE door for finished commands.
+    /// Run argv to completion, within the host's command timeout. THE door for finished
+    /// commands.
     pub async fn run(&self, argv: &[String]) -> Result<Output, HostError> {
+        self.run_timeout(argv, self.timeout).await
+    }
+
+    /// [`Host::run`] with its own timeout (a replication stream, a long destroy).
+    pub async fn run_timeout(&self, argv: &[String], limit: Duration) -> Result<Output, HostError> {
+        match tokio::time::timeout(limit, self.run_untimed(argv)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = self.timed_out(argv, limit);
+                tracing::warn!(error = %e, "command timed out");
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_untimed(&self, argv: &[String]) -> Result<Output, HostError> {
         if argv.is_empty() {
             return Err(HostError::EmptyArgv);
         }
@@ -550,6 +609,27 @@ impl Host {
     /// Run argv with `input` on its stdin, to completion (file contents, queue ids for
     /// `postsuper -d -`). One round trip.
     pub async fn run_with_stdin(&self, argv: &[String], input: &[u8]) -> Result<Output, HostError> {
+        self.run_with_stdin_timeout(argv, input, self.timeout).await
+    }
+
+    /// [`Host::run_with_stdin`] with its own timeout.
+    pub async fn run_with_stdin_timeout(
+        &self,
+        argv: &[String],
+        input: &[u8],
+        limit: Duration,
+    ) -> Result<Output, HostError> {
+        match tokio::time::timeout(limit, self.run_with_stdin_untimed(argv, input)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(argv, limit)),
+        }
+    }
+
+    async fn run_with_stdin_untimed(
+        &self,
+        argv: &[String],
+        input: &[u8],
+    ) -> Result<Output, HostError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut child = self.spawn(argv).await?;
         let label = self.label.clone();
@@ -586,6 +666,34 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_abandoned_and_killed() {
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips)
+            .with_timeout(Duration::from_millis(200));
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("still-running");
+        let argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 30; touch \"$1\"".into(),
+            "sh".into(),
+            marker.display().to_string(),
+        ];
+        let e = h.run(&argv).await.unwrap_err();
+        assert!(matches!(e, HostError::CommandTimeout { .. }), "{e}");
+        let e = h.run_with_stdin(&argv, b"x").await.unwrap_err();
+        assert!(matches!(e, HostError::CommandTimeout { .. }), "{e}");
+        // a command inside its own, longer limit finishes
+        let quick: Vec<String> = vec!["true".into()];
+        assert!(
+            h.run_timeout(&quick, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .success()
+        );
+    }
 
     /// What a POSIX shell makes of a quoted word: run the real `sh` on it.
     fn through_sh(words: &[&str]) -> Vec<String> {
