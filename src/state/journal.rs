@@ -5,8 +5,8 @@
 //! whose effect is visible on the hosts are not repeated; the journal keeps what cannot be
 //! observed (a fencing command that succeeded, replays done) and the history operators read.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -76,47 +76,30 @@ impl Journal {
     }
 
     fn write(&mut self, r: Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&r).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        super::lines::append(&mut self.file, &r)
     }
 
-    /// Every record so far (a torn last line, from a crash mid-write, is ignored).
+    /// Every record so far. A line that is torn (a crash mid-write), corrupted or not a
+    /// record is skipped with a warning; the records after it are read.
     pub fn read(state_dir: &Path, cluster: &str) -> Vec<Record> {
         let path = state_dir.join(cluster).join("journal.jsonl");
-        let Ok(f) = File::open(path) else {
-            return Vec::new();
-        };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
+        match super::lines::read::<Record>(&path) {
+            Ok(Some((records, bad))) => {
+                if bad > 0 {
+                    tracing::warn!(journal = %path.display(), skipped = bad, "journal lines skipped (torn or corrupted)");
+                }
+                records
+            }
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(journal = %path.display(), error = %e, "cannot read the journal");
+                Vec::new()
+            }
+        }
     }
 }
 
-/// Open a line file for appending, ending a torn last line (a crash mid-write) first, so that
-/// the next record starts on a line of its own and is never swallowed by the torn one.
-pub fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
-    let len = file.metadata()?.len();
-    if len > 0 {
-        let mut last = [0u8; 1];
-        file.seek(SeekFrom::Start(len - 1))?;
-        file.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n")?;
-            file.sync_data()?;
-        }
-    }
-    Ok(file)
-}
+pub use super::lines::open_append;
 
 /// The default state directory: `$SPOOLKEEPER_STATE_DIR`, else `$XDG_STATE_HOME/spoolkeeper`,
 /// else `~/.local/state/spoolkeeper`.
@@ -134,6 +117,8 @@ pub fn default_state_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     #[test]
     fn records_survive_reopening_and_torn_lines_are_ignored() {
@@ -157,5 +142,16 @@ mod tests {
         let rs = Journal::read(dir.path(), "c");
         assert_eq!(rs.len(), 3);
         assert_eq!(rs[2].action, "b");
+        // a line that is not UTF-8 hides nothing after it (the reader stopped there before)
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("c/journal.jsonl"))
+            .unwrap();
+        f.write_all(b"\xff\xfe\n").unwrap();
+        let mut j = Journal::open(dir.path(), "c").unwrap();
+        j.record("c", Phase::Start, None).unwrap();
+        let rs = Journal::read(dir.path(), "c");
+        assert_eq!(rs.len(), 4);
+        assert_eq!(rs[3].action, "c");
     }
 }

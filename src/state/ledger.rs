@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -90,11 +89,9 @@ impl Ledger {
         path: &Path,
         keep: impl Fn(&LedgerEntry) -> bool,
     ) -> Result<(BTreeSet<(String, String)>, usize), String> {
-        let f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((BTreeSet::new(), 0));
-            }
+        let (entries, bad) = match super::lines::read::<LedgerEntry>(path) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok((BTreeSet::new(), 0)),
             Err(e) => {
                 return Err(format!(
                     "cannot read the replay ledger {}: {e}",
@@ -102,23 +99,11 @@ impl Ledger {
                 ));
             }
         };
-        let mut set = BTreeSet::new();
-        let mut bad = 0;
-        for line in BufReader::new(f).split(b'\n') {
-            let line =
-                line.map_err(|e| format!("cannot read the replay ledger {}: {e}", path.display()))?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<LedgerEntry>(&line) {
-                Ok(e) => {
-                    if keep(&e) {
-                        set.insert((e.queue_id, e.recipient));
-                    }
-                }
-                Err(_) => bad += 1,
-            }
-        }
+        let set = entries
+            .into_iter()
+            .filter(|e| keep(e))
+            .map(|e| (e.queue_id, e.recipient))
+            .collect();
         Ok((set, bad))
     }
 
@@ -149,23 +134,12 @@ impl Ledger {
     /// before returning.
     pub fn record(&mut self, e: &LedgerEntry) -> std::io::Result<()> {
         if self.file.is_none() {
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let created = !self.path.exists();
-            let f = crate::state::journal::open_append(&self.path)?;
-            if created {
-                // the new name must survive a crash too
-                File::open(dir)?.sync_all()?;
-            }
-            self.file = Some(f);
+            self.file = Some(super::lines::open_append(&self.path)?);
         }
         let Some(f) = self.file.as_mut() else {
             return Err(std::io::Error::other("ledger not open"));
         };
-        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        f.write_all(&line)?;
-        f.sync_data()
+        super::lines::append(f, e)
     }
 }
 
@@ -173,6 +147,7 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::decide::restore::tests::{set, ts};
+    use std::io::Write;
 
     #[test]
     fn the_ledger_is_durable_append_only_and_survives_a_torn_line() {

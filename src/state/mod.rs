@@ -3,4 +3,5 @@
 
 pub mod journal;
 pub mod ledger;
+pub mod lines;
 pub mod lock;
