@@ -91,11 +91,11 @@ pub fn sk_spawn(state: &Path, spec: &Path, args: &[&str]) -> Child {
 /// The journal records (as JSON values) of the `lab` cluster under `state`.
 pub fn journal(state: &Path) -> Vec<serde_json::Value> {
     let path = state.join("lab").join("journal.jsonl");
-    std::fs::read_to_string(path)
+    spoolkeeper::state::lines::read::<serde_json::Value>(&path)
+        .ok()
+        .flatten()
+        .map(|(records, _)| records)
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// `name\tguid` of every snapshot under `root` on `host` (via `lab exec`), sorted.
