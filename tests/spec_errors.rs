@@ -330,6 +330,81 @@ fn each_single_mistake_is_rejected_with_its_location() {
             "shorter than replication.every",
         ),
         (
+            "rpo shorter than snapshots.every",
+            edit("every: 1h\n    keep", "every: 2d\n    keep").replace("rpo: 24h", "rpo: 1d"),
+            30,
+            10,
+            "shorter than snapshots.every",
+        ),
+        (
+            "upper-case duration unit (M reads as months or megabytes)",
+            edit("margin: 10m", "margin: 10M"),
+            35,
+            13,
+            "lower case",
+        ),
+        (
+            "absurd duration",
+            edit("margin: 10m", "margin: 99999d"),
+            35,
+            13,
+            "ten years",
+        ),
+        (
+            "fractional duration",
+            edit("every: 1h\n    rpo", "every: 1.5h\n    rpo"),
+            29,
+            12,
+            "not a duration",
+        ),
+        (
+            "archive address with a tab (the BCC table could not be built)",
+            edit(
+                "{local}={domain}@archive.invalid",
+                "{local}={domain}\\t@archive.invalid",
+            ),
+            34,
+            14,
+            "control character",
+        ),
+        (
+            "archive address with a zero-width space",
+            edit(
+                "{local}={domain}@archive.invalid",
+                "{local}=\u{200b}{domain}@archive.invalid",
+            ),
+            34,
+            14,
+            "non-ASCII",
+        ),
+        (
+            "archive host is a node (spelled differently)",
+            edit("host: smtp-arch.example.org", "host: IMAP-B.example.org."),
+            33,
+            18,
+            "is node `node-b`",
+        ),
+        (
+            "archive host is a node (IPv6 spellings)",
+            edit("host: imap-b.example.org", "host: \"2001:db8::1\"").replace(
+                "host: smtp-arch.example.org",
+                "host: \"2001:0db8:0:0::0001\"",
+            ),
+            33,
+            18,
+            "is node `node-b`",
+        ),
+        (
+            "connect timeout ssh would never wait out",
+            edit(
+                "host: imap-b.example.org }",
+                "host: imap-b.example.org, connect_timeout: 30d }",
+            ),
+            0,
+            0,
+            "longer than 600s",
+        ),
+        (
             "unknown transport",
             edit("transport: direct", "transport: carrier-pigeon"),
             31,
@@ -511,6 +586,12 @@ fn hostile_inputs_get_a_clear_error() {
     let many: String = (0..100).map(|i| format!("k{i}: *a\n")).collect::<String>();
     let r = validate_text(format!("a: &a 1\n{many}").as_bytes());
     assert!(r.code == 1 && r.stderr.contains("aliases"), "{}", r.stderr);
+    // Control characters from the spec are never echoed raw to the terminal (an escape
+    // sequence in a name could rewrite the operator's screen).
+    let r = validate_text(edit("name: univ-mail", "name: \"univ\\e[2Jmail\"").as_bytes());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(r.stderr.contains("\\u{1b}"), "{}", r.stderr);
     // Deep nesting.
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
     let r = validate_text(deep.as_bytes());

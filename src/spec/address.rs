@@ -51,7 +51,19 @@ pub fn is_domain(d: &str) -> bool {
 impl FromStr for AddressTemplate {
     type Err = AddressError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |m: &str| Err(AddressError(format!("archive address `{s}`: {m}")));
+        let err = |m: &str| {
+            Err(AddressError(format!(
+                "archive address `{}`: {m}",
+                s.escape_default()
+            )))
+        };
+        if s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+        {
+            return err(
+                "holds a space, a control character or a non-ASCII character: an address is printable ASCII, like `{local}={domain}@archive.example.org`",
+            );
+        }
         if s.matches("{local}").count() != 1 || s.matches("{domain}").count() != 1 {
             return err("must contain `{local}` and `{domain}` exactly once each");
         }

@@ -206,7 +206,10 @@ impl Index {
     pub fn scalar_under(&self, under: &[String], text: &str) -> Option<Pos> {
         self.scalars
             .iter()
-            .filter(|(p, _, t)| t == text && p.starts_with(under))
+            // messages quote a culprit with its control characters escaped
+            .filter(|(p, _, t)| {
+                (t == text || t.escape_default().to_string() == text) && p.starts_with(under)
+            })
             .map(|(_, pos, _)| *pos)
             .min()
     }

@@ -374,15 +374,29 @@ pub struct Diagnostic {
     pub line_text: Option<String>,
 }
 
+/// A text as a terminal may show it: control and invisible characters (an escape sequence, a
+/// carriage return, a zero-width space from the spec) escaped, never echoed raw. A tab stays.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c != '\t' && validate::invisible(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.file.display(),
+            printable(&self.file.display().to_string()),
             self.pos.line,
             self.pos.col,
-            self.message
+            printable(&self.message)
         )?;
         if let Some(line) = &self.line_text {
             let pad: String = line
@@ -390,7 +404,7 @@ impl fmt::Display for Diagnostic {
                 .take(self.pos.col.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            write!(f, "\n    | {line}\n    | {pad}^")?;
+            write!(f, "\n    | {}\n    | {pad}^", printable(line))?;
         }
         Ok(())
     }

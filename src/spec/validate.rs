@@ -302,6 +302,15 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
     if s.replication.every.as_secs() == 0 {
         p.value(&["spec", "replication", "every"], "must be longer than 0s");
     }
+    if s.replication.rpo < s.snapshots.every {
+        p.value(
+            &["spec", "replication", "rpo"],
+            format!(
+                "rpo {} is shorter than snapshots.every {}: the newest replicated snapshot is older than that between two snapshots, so the RPO could never be met; make rpo at least {}",
+                s.replication.rpo, s.snapshots.every, s.snapshots.every
+            ),
+        );
+    }
     if s.replication.rpo < s.replication.every {
         p.value(
             &["spec", "replication", "rpo"],
@@ -323,6 +332,18 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
                     "the archive domain `{ad}` is a domain of instance `{inst}`: copies would loop back into the spool"
                 ),
             );
+        }
+        let archive_host = normalise_host(&a.ssh.host);
+        for (name, n) in &s.nodes {
+            if normalise_host(&n.ssh.host) == archive_host {
+                p.value(
+                    &["spec", "archive", "ssh", "host"],
+                    format!(
+                        "the archive host `{}` is node `{name}` (`{}`): the archive must be a separate host, or a failure of that node loses both the spool and its copies",
+                        a.ssh.host, n.ssh.host
+                    ),
+                );
+            }
         }
         if a.margin.as_secs() == 0 {
             p.value(
@@ -407,12 +428,31 @@ fn check_ssh(ssh: &Ssh, path: &[&str], p: &mut Problems) {
     if ssh.connect_timeout.is_some_and(|t| t.as_secs() == 0) {
         p.value(&at("connect_timeout"), "must be longer than 0s");
     }
+    if let Some(t) = ssh
+        .connect_timeout
+        .filter(|t| t.as_secs() > MAX_CONNECT_TIMEOUT_SECS)
+    {
+        p.value(
+            &at("connect_timeout"),
+            format!(
+                "{t} is longer than {MAX_CONNECT_TIMEOUT_SECS}s: a host that does not answer within minutes is down (and would stall every run); write at most 10m"
+            ),
+        );
+    }
     for (k, f) in [
         ("known_hosts", &ssh.known_hosts),
         ("identity", &ssh.identity),
     ] {
         if f.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             p.value(&at(k), "must be a file path");
+        }
+        if f.as_ref()
+            .is_some_and(|f| f.to_string_lossy().chars().any(invisible))
+        {
+            p.value(
+                &at(k),
+                "holds a control or invisible character: write the path in plain characters",
+            );
         }
     }
 }
@@ -448,6 +488,29 @@ fn check_argv(argv: &[String], placeholders: &[&str], path: &[&str], p: &mut Pro
             }
             rest = &tail[close + 1..];
         }
+    }
+}
+
+/// The longest SSH connect timeout a spec may ask for.
+const MAX_CONNECT_TIMEOUT_SECS: u64 = 600;
+
+/// A character that must not appear in a value: control characters and the invisible ones
+/// (zero-width spaces and joiners, direction marks, the BOM).
+pub(super) fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{00ad}'
+        )
+}
+
+/// A host as the network sees it: case, a trailing dot and IPv6 spellings do not matter.
+fn normalise_host(h: &str) -> String {
+    let h = h.trim().trim_end_matches('.');
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<core::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => h.to_ascii_lowercase(),
     }
 }
 
