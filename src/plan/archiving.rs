@@ -91,9 +91,10 @@ impl Planner<'_> {
                         }
                     }
                 }
-                Err(e) => self
-                    .plan
-                    .note(format!("archive BCC map not generated: {e}")),
+                Err(e) => self.plan.block(Blocked::ArchiveBcc {
+                    node: active.to_string(),
+                    detail: e.to_string(),
+                }),
             }
         }
     }

@@ -54,6 +54,9 @@ pub enum Blocked {
     /// The plan broke one of its own invariants (two unordered actions on one object, a copy
     /// made writable before another is read-only, …): a planner bug; nothing runs.
     Invariant { detail: String },
+    /// The archive BCC table of a spool cannot be built from the spec: instances must not
+    /// start without it (every message they accept would have no archive copy).
+    ArchiveBcc { node: String, detail: String },
 }
 
 impl Blocked {
@@ -68,6 +71,7 @@ impl Blocked {
             Blocked::SeveralLiveCopies { .. } => "several_live_copies",
             Blocked::Replication { .. } => "replication_conflict",
             Blocked::Invariant { .. } => "plan_invariant",
+            Blocked::ArchiveBcc { .. } => "archive_bcc_unbuildable",
         }
     }
 
@@ -95,6 +99,7 @@ impl Blocked {
             ),
             Blocked::Replication { conflict, .. } => conflict.operator_message(),
             Blocked::Invariant { .. } => "this is a bug in spoolkeeper's planner: nothing was run; please report it with `plan --output json` of this state".into(),
+            Blocked::ArchiveBcc { .. } => "fix `archive.address` and the instances' `domains` (`spoolkeeper validate` names the problem), then run again; nothing starts without its archive copy".into(),
         }
     }
 }
@@ -149,6 +154,12 @@ impl fmt::Display for Blocked {
                 conflict.kind()
             ),
             Blocked::Invariant { detail } => write!(f, "the plan breaks an invariant: {detail}"),
+            Blocked::ArchiveBcc { node, detail } => {
+                write!(
+                    f,
+                    "the archive BCC table of {node} cannot be built: {detail}"
+                )
+            }
         }
     }
 }

@@ -1274,3 +1274,44 @@ fn an_instance_started_by_hand_on_the_replica_does_not_skip_fencing() {
         }
     }
 }
+
+#[test]
+fn instances_never_start_when_the_bcc_table_cannot_be_built() {
+    // validation refuses such specs; the planner does not rely on it (a spec built otherwise)
+    let mut text = SPEC.to_owned();
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let mut s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let mut o = converged();
+    for n in o.nodes.values_mut() {
+        n.postfix = Some(crate::model::PostfixObservation {
+            settings: BTreeMap::new(),
+            queue: Vec::new(),
+            files: BTreeMap::new(),
+        });
+    }
+    o.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .instances
+        .insert("students".into(), state(RunState::Stopped));
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    assert!(kinds(&p).contains(&"node-a:start_instance:students".to_string()));
+    s.spec
+        .instances
+        .values_mut()
+        .next()
+        .unwrap()
+        .domains
+        .push("not a domain\t".into());
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| b.rule() == "archive_bcc_unbuildable"),
+        "{}",
+        render::text(&p, Some(&s))
+    );
+}
