@@ -65,6 +65,14 @@ pub fn main(no_lab: bool) -> Result<(), String> {
     run(
         "lab and root tests",
         &cargo,
-        &["test", "--workspace", "--", "--ignored", "--test-threads=1"],
+        // every lab test file runs even when an earlier one fails: one CI run shows them all
+        &[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
     )
 }
