@@ -1,9 +1,13 @@
-//! Several commands in one round trip ([`Host::run_batch`], [`Host::run_slots`]): one fixed
-//! `sh -c` script, each argv quoted, each output delimited by a per-call nonce.
+//! Several commands in one round trip ([`Host::run_batch`], [`Host::run_slots`]): one script
+//! fed to `sh -s` on stdin, each argv quoted, each output delimited by a per-call nonce.
+//!
+//! The script travels on stdin, never on the command line: the remote login shell only ever
+//! parses the two words `sh -s`, so a csh/tcsh root shell (FreeBSD before 14) passes it
+//! through unchanged (a multi-line `sh -c '…'` argument is refused by csh: `Unmatched '''`).
 
 use super::host::{Host, HostError, Output, quote_posix};
 
-/// Several commands in one round trip: one `sh -c` script runs each argv (each argument
+/// Several commands in one round trip: one `sh` script runs each argv (each argument
 /// quoted by [`quote_posix`]) in order, and marks the end of each command's stdout and
 /// stderr with a per-call nonce and its exit status. Observation uses it to stay within two
 /// round trips per host.
@@ -82,7 +86,7 @@ impl Host {
         let nonce = batch_nonce();
         let script = batch_script(cmds, &nonce);
         let out = self
-            .run(&["sh".to_string(), "-c".to_string(), script])
+            .run_with_stdin(&["sh".to_string(), "-s".to_string()], script.as_bytes())
             .await?;
         Ok(split_batch(cmds.len(), &nonce, &out.stdout, &out.stderr))
     }
@@ -169,5 +173,103 @@ mod tests {
         assert_eq!(outs[0].stdout, b"hello");
         assert_eq!(outs[1].status, None);
         assert_eq!(outs[1].stdout, b"partial");
+    }
+
+    /// What a login shell does with an SSH command line: `SHELL -c LINE`.
+    fn through_login_shell(shell: &str, argv: &[String], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let line = crate::transport::host::remote_command_line(argv);
+        let mut child = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(&line)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    #[ignore = "needs tcsh (a csh login shell, as root has on FreeBSD before 14): cargo xtask ci installs it and runs the ignored tests"]
+    fn a_batch_passes_through_a_csh_login_shell() {
+        let awkward = "a b'c\"$HOME;*!x".to_string();
+        let cmds: Vec<Vec<String>> = vec![
+            vec!["printf".into(), "%s".into(), awkward.clone()],
+            vec!["sh".into(), "-c".into(), "echo err >&2; exit 3".into()],
+            vec![
+                "printf".into(),
+                "%s|".into(),
+                "!".into(),
+                "!!".into(),
+                "~".into(),
+            ],
+        ];
+        let nonce = batch_nonce();
+        let script = batch_script(&cmds, &nonce);
+        for shell in ["sh", "tcsh", "csh"] {
+            // what run_batch sends: `sh -s`, the script on stdin
+            let out = through_login_shell(shell, &["sh".into(), "-s".into()], script.as_bytes());
+            let outs = split_batch(cmds.len(), &nonce, &out.stdout, &out.stderr);
+            assert_eq!(outs[0].stdout, awkward.as_bytes(), "{shell}: {outs:?}");
+            assert_eq!(outs[1].status, Some(3), "{shell}");
+            assert_eq!(outs[1].stderr, b"err\n", "{shell}");
+            assert_eq!(outs[2].stdout, b"!|!!|~|", "{shell}");
+        }
+        // the form sent before, `sh -c SCRIPT`, does not survive csh
+        let old = through_login_shell("tcsh", &["sh".into(), "-c".into(), script.clone()], b"");
+        let outs = split_batch(cmds.len(), &nonce, &old.stdout, &old.stderr);
+        assert_ne!(
+            outs[0].stdout,
+            awkward.as_bytes(),
+            "tcsh took a multi-line argument"
+        );
+    }
+
+    #[test]
+    #[ignore = "needs tcsh (a csh login shell, as root has on FreeBSD before 14): cargo xtask ci installs it and runs the ignored tests"]
+    fn every_fixed_script_reaches_the_program_unchanged_through_csh() {
+        use crate::adapters::{files, postfix, zfs};
+        let holder = crate::state::lock::Holder::me();
+        let dt = zfs::DirectTarget {
+            host: "node-b".into(),
+            user: "root".into(),
+            port: 22,
+            known_hosts: Some("/root/.ssh/known hosts".into()),
+            identity: None,
+        };
+        let send = zfs::send_argv("zdata/imap/students", Some("sk_1"), "sk_2", None);
+        let recv = zfs::receive_argv("zdata", true);
+        let argvs: Vec<Vec<String>> = vec![
+            crate::state::lock::acquire_argv("univ-mail", &holder),
+            crate::state::lock::read_argv("univ-mail"),
+            crate::state::lock::release_argv("univ-mail"),
+            files::write_file_argv("/etc/postfix/spoolkeeper-bcc.regexp"),
+            postfix::cat_table_argv("spoolkeeper-bcc.regexp"),
+            zfs::destroy_each_argv(),
+            zfs::send_to_file_argv("zdata/imap/students", "sk_1", "sk_2", "/var/db/x.zstream"),
+            zfs::direct_pipeline_argv(&send, &zfs::direct_ssh_argv(&dt, &recv)),
+        ];
+        for argv in argvs {
+            // the program replaced by one that prints its arguments back
+            let mut probe: Vec<String> = vec!["printf".into(), "%s\\0".into()];
+            probe.extend(argv.iter().cloned());
+            for shell in ["sh", "tcsh"] {
+                let out = through_login_shell(shell, &probe, b"");
+                let got: Vec<String> = out
+                    .stdout
+                    .split(|&b| b == 0)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect();
+                assert_eq!(
+                    got,
+                    argv,
+                    "{shell}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
     }
 }
