@@ -479,7 +479,7 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
             );
             return 1;
         }
-        match render::from_saved(sp) {
+        match render::from_saved(sp, s) {
             Ok(sp) => p = sp,
             Err(e) => {
                 eprintln!("saved plan: {e}");
@@ -551,6 +551,12 @@ async fn apply_locked(
     use crate::state::journal::Journal;
     let obs = crate::observe::observe(s, conns).await;
     let fresh = plan::plan(s, &obs, jiff::Timestamp::now(), ctx);
+    if from_saved && fresh.is_blocked() {
+        // the safety rules are checked again now, under the lock, whatever the file says
+        print!("{}", render(&fresh, s, output));
+        eprintln!("apply --plan refused: a safety rule blocks the cluster now (see above)");
+        return 3;
+    }
     let p = if fresh.fingerprint == p.fingerprint {
         p
     } else if from_saved {

@@ -114,25 +114,55 @@ pub fn to_saved(plan: &Plan, spec: Option<&Spec>) -> SavedPlan {
                 detail: b.clone(),
             })
             .collect(),
+        spec_digest: spec.map(super::saved::spec_digest).unwrap_or_default(),
+        digest: String::new(),
     }
+    .sealed()
 }
 
-/// Rebuild a plan from its JSON form (for `apply --plan`).
-pub fn from_saved(saved: &SavedPlan) -> Result<Plan, String> {
+/// Rebuild a plan from its JSON form (for `apply --plan`), refusing anything but the plan
+/// `plan --out` wrote for this spec: an edited file (content digest), another spec (spec
+/// digest), a command that is not the one printed, a blocked plan, a plan that breaks an
+/// invariant. The observation is compared by the caller (the fingerprint).
+pub fn from_saved(saved: &SavedPlan, spec: &Spec) -> Result<Plan, String> {
     if saved.format_version != FORMAT_VERSION {
         return Err(format!(
             "plan format_version {} is not supported (expected {FORMAT_VERSION})",
             saved.format_version
         ));
     }
+    if saved.digest.is_empty() || saved.digest != saved.content_digest() {
+        return Err(
+            "the plan file is not what `plan --out` wrote (its digest does not match its content): it was edited or is damaged; run `plan --out` again and review it".into(),
+        );
+    }
+    if saved.spec_digest != super::saved::spec_digest(spec) {
+        return Err(
+            "the spec changed since this plan was made: its commands and safety checks were decided for another spec; run `plan --out` again and review it".into(),
+        );
+    }
+    if !saved.blocked.is_empty() {
+        return Err(format!(
+            "the saved plan is blocked by {} safety rule(s): it cannot be applied",
+            saved.blocked.len()
+        ));
+    }
     let mut plan = Plan::new(&saved.cluster, saved.fingerprint.clone());
     for a in &saved.actions {
-        plan.add(Action {
+        let action = Action {
             id: a.id.clone(),
             host: a.host.clone(),
             kind: a.kind.clone(),
             reason: a.reason.clone(),
-        });
+        };
+        let now = crate::adapters::dispatch::commands(spec, &action)?;
+        if now != a.commands {
+            return Err(format!(
+                "action {}: the saved commands are not the ones this spec builds; run `plan --out` again",
+                a.id
+            ));
+        }
+        plan.add(action);
     }
     for a in &saved.actions {
         let to = plan
@@ -145,8 +175,18 @@ pub fn from_saved(saved: &SavedPlan) -> Result<Plan, String> {
             plan.edge(from, to);
         }
     }
-    plan.blocked = saved.blocked.iter().map(|b| b.detail.clone()).collect();
     plan.order().map_err(|e| e.to_string())?;
+    let broken = plan.check(spec);
+    if !broken.is_empty() {
+        return Err(format!(
+            "the saved plan breaks the plan invariants: {}",
+            broken
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
     Ok(plan)
 }
 

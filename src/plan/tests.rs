@@ -383,10 +383,56 @@ fn the_four_renderers_show_the_same_steps() {
             "{s}"
         );
     }
-    // JSON round trip for `--out` / `--plan`.
-    let saved: SavedPlan = serde_json::from_value(json).unwrap();
-    let back = render::from_saved(&saved).unwrap();
+    // JSON round trip for `--out` / `--plan` (as written with the spec).
+    let s = spec_with("node-a", &[]);
+    let saved: SavedPlan = serde_json::from_str(&render::json(&p, Some(&s))).unwrap();
+    let back = render::from_saved(&saved, &s).unwrap();
     assert_eq!(kinds(&back), ids);
+    let _ = json;
+}
+
+#[test]
+fn a_saved_plan_runs_only_as_written_for_its_spec() {
+    // a failover plan saved while node-a is attested fenced
+    let fenced = spec_with("node-b", &["node-a", "node-c"]);
+    let p = plan(&fenced, &lost_active(false), now(), &converged_ctx());
+    assert!(
+        !p.is_blocked() && !p.is_empty(),
+        "{}",
+        render::text(&p, Some(&fenced))
+    );
+    let text = render::json(&p, Some(&fenced));
+    let read = |t: &str| -> SavedPlan { serde_json::from_str(t).unwrap() };
+    assert!(render::from_saved(&read(&text), &fenced).is_ok());
+    // the attestation removed from the spec: the plan decided under it is refused
+    let unfenced = spec_with("node-b", &["node-c"]);
+    let e = render::from_saved(&read(&text), &unfenced).unwrap_err();
+    assert!(e.contains("the spec changed"), "{e}");
+    // an edited file: a command changed by hand
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cmd = v["actions"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| !a["commands"].as_array().unwrap().is_empty())
+        .unwrap();
+    cmd["commands"][0][0] = "rm".into();
+    let edited = v.to_string();
+    let e = render::from_saved(&read(&edited), &fenced).unwrap_err();
+    assert!(e.contains("digest"), "{e}");
+    // edited and re-sealed (someone who knows the format): the commands are checked against
+    // what the spec builds
+    let resealed = read(&edited).sealed();
+    let e = render::from_saved(&resealed, &fenced).unwrap_err();
+    assert!(e.contains("not the ones this spec builds"), "{e}");
+    // an edge removed and re-sealed: the invariants are checked again
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for a in v["actions"].as_array_mut().unwrap() {
+        a["depends_on"] = serde_json::json!([]);
+    }
+    let loose = read(&v.to_string()).sealed();
+    let e = render::from_saved(&loose, &fenced).unwrap_err();
+    assert!(e.contains("invariants"), "{e}");
 }
 
 #[test]
