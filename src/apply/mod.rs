@@ -12,6 +12,8 @@ pub mod walk;
 
 pub use error::ActionError;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::observe::Connections;
@@ -105,6 +107,7 @@ pub async fn execute(
     plan: &Plan,
     journal: &mut Journal,
     limits: Limits,
+    lock_lost: &AtomicBool,
 ) -> Report {
     let mut walk = match walk::Walk::new(plan, limits) {
         Ok(w) => w,
@@ -135,8 +138,15 @@ pub async fn execute(
             );
             tracing::warn!(action = %a.id, upstream = %up, "skipped: upstream failed");
         }
-        // Start every ready action the limits allow, in plan order.
-        for id in walk.startable() {
+        // Start every ready action the limits allow, in plan order; none once the cluster
+        // lock is lost (another controller took it over): what runs ends, the rest is
+        // reported not run.
+        let startable = if lock_lost.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            walk.startable()
+        };
+        for id in startable {
             progress = true;
             let a = &plan.graph[id];
             if let Err(e) = journal.record(&a.id, Phase::Start, None) {
@@ -208,64 +218,254 @@ pub enum LockError {
     Failed { node: String, detail: String },
 }
 
-/// Take the cluster lock on `host` (the active node). A stale lock of a dead process of
-/// this controller is taken over; `force` breaks any lock.
-pub async fn acquire_lock(host: &Host, cluster: &str, force: bool) -> Result<(), LockError> {
-    let me = lock::Holder::me();
-    for attempt in 0..2 {
-        let out = host
-            .run(&lock::acquire_argv(cluster, &me))
-            .await
-            .map_err(|e| LockError::Failed {
-                node: host.label().into(),
-                detail: e.to_string(),
-            })?;
-        if out.success() {
-            return Ok(());
-        }
-        let read = host.run(&lock::read_argv(cluster)).await.ok();
-        let text = read.map(|o| o.stdout_text()).unwrap_or_default();
-        let holder = lock::Holder::decode(&text);
-        let stale = holder.as_ref().is_some_and(lock::Holder::is_stale_here);
-        if attempt == 0 && (force || stale) {
-            tracing::warn!(
-                holder = %holder.as_ref().map_or(text.trim().to_string(), |h| h.to_string()),
-                forced = force,
-                "breaking the cluster lock"
-            );
-            let _ = host.run(&lock::release_argv(cluster)).await;
-            continue;
-        }
-        return Err(LockError::Held {
-            cluster: cluster.into(),
-            node: host.label().into(),
-            holder: holder.map_or_else(
-                || format!("unreadable lock `{}`", text.trim()),
-                |h| h.to_string(),
-            ),
-        });
-    }
-    Err(LockError::Failed {
-        node: host.label().into(),
-        detail: "lock still present after breaking it".into(),
-    })
+/// The cluster lock, held on every host it could be taken on (see `crate::state::lock`).
+pub struct ClusterLock<'c> {
+    cluster: String,
+    me: lock::Holder,
+    hosts: Vec<&'c Host>,
+    lost: AtomicBool,
 }
 
-/// Release the cluster lock if we hold it.
-pub async fn release_lock(host: &Host, cluster: &str) {
-    let ours = host
-        .run(&lock::read_argv(cluster))
-        .await
-        .ok()
-        .and_then(|o| lock::Holder::decode(&o.stdout_text()))
-        .is_some_and(|h| {
-            h.pid == std::process::id()
-                && h == lock::Holder {
-                    since: h.since,
-                    ..lock::Holder::me()
-                }
-        });
-    if ours {
-        let _ = host.run(&lock::release_argv(cluster)).await;
+impl<'c> ClusterLock<'c> {
+    /// Take the lock of `spec`'s cluster on every reachable node (by name) and on the
+    /// archive host, all or nothing. A stale lock is taken over (see `crate::state::lock`);
+    /// `force` breaks any lock.
+    pub async fn acquire(
+        conns: &'c Connections,
+        spec: &Spec,
+        force: bool,
+    ) -> Result<ClusterLock<'c>, LockError> {
+        let cluster = spec.name.as_str();
+        let mut hosts: Vec<&Host> = spec
+            .spec
+            .nodes
+            .keys()
+            .filter_map(|n| conns.node(n.as_str()))
+            .collect();
+        hosts.extend(conns.archive());
+        if hosts.is_empty() {
+            return Err(LockError::Failed {
+                node: "every host".into(),
+                detail: "no host of the cluster answers: nothing to lock, nothing to act on".into(),
+            });
+        }
+        let me = lock::Holder::me(jiff::Timestamp::now());
+        let mut taken = ClusterLock {
+            cluster: cluster.to_owned(),
+            me: me.clone(),
+            hosts: Vec::new(),
+            lost: AtomicBool::new(false),
+        };
+        for h in hosts {
+            if let Err(e) = take_one(h, cluster, &me, force).await {
+                taken.release().await;
+                return Err(e);
+            }
+            taken.hosts.push(h);
+        }
+        Ok(taken)
     }
+
+    /// Set when a renewal found the lock taken by someone else: no action starts any more.
+    pub fn lost(&self) -> &AtomicBool {
+        &self.lost
+    }
+
+    /// Renew the lease on every host (under the takeover token, so that a renewal never
+    /// overwrites a takeover). A lock that is not ours any more marks the lock lost.
+    pub async fn renew(&self) {
+        let renewed = self.me.renewed(jiff::Timestamp::now());
+        for h in &self.hosts {
+            match renew_one(h, &self.cluster, &self.me, &renewed).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(host = %h.label(), "the cluster lock was taken over: no further action starts");
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::warn!(host = %h.label(), error = %e, "lease not renewed this time")
+                }
+            }
+        }
+    }
+
+    /// Run `work` while renewing the lease every `lock::RENEW_EVERY`.
+    pub async fn hold_while<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tokio::time::sleep(lock::RENEW_EVERY) => self.renew().await,
+            }
+        }
+    }
+
+    /// Release the lock where it is still ours.
+    pub async fn release(&self) {
+        for h in &self.hosts {
+            let ours = read_holder(h, &lock::read_argv(&self.cluster))
+                .await
+                .is_some_and(|(_, holder)| holder.is_some_and(|x| x.same(&self.me)));
+            if ours {
+                let _ = h.run(&lock::release_argv(&self.cluster)).await;
+            }
+        }
+    }
+}
+
+async fn read_holder(h: &Host, argv: &[String]) -> Option<(String, Option<lock::Holder>)> {
+    let out = h.run(argv).await.ok()?;
+    if !out.success() {
+        return None;
+    }
+    let text = out.stdout_text().trim().to_owned();
+    let holder = lock::Holder::decode(&text);
+    Some((text, holder))
+}
+
+fn failed(h: &Host, e: impl std::fmt::Display) -> LockError {
+    LockError::Failed {
+        node: h.label().into(),
+        detail: e.to_string(),
+    }
+}
+
+/// Take the lock on one host, taking a stale one over.
+async fn take_one(
+    h: &Host,
+    cluster: &str,
+    me: &lock::Holder,
+    force: bool,
+) -> Result<(), LockError> {
+    let out = h
+        .run(&lock::acquire_argv(cluster, me))
+        .await
+        .map_err(|e| failed(h, e))?;
+    if out.success() {
+        return Ok(());
+    }
+    let (text, holder) = read_holder(h, &lock::read_argv(cluster))
+        .await
+        .unwrap_or_default();
+    let held = |why: String| LockError::Held {
+        cluster: cluster.into(),
+        node: h.label().into(),
+        holder: why,
+    };
+    let local = lock::local();
+    let stale = holder
+        .as_ref()
+        .and_then(|x| x.stale(&local, jiff::Timestamp::now(), lock::alive));
+    let described = holder.as_ref().map_or_else(
+        || {
+            if text.is_empty() {
+                "a lock that vanished while it was read".to_owned()
+            } else {
+                format!("unreadable lock `{text}`")
+            }
+        },
+        |x| x.to_string(),
+    );
+    if !(force || stale.is_some() || text.is_empty()) {
+        return Err(held(described));
+    }
+    tracing::warn!(host = %h.label(), holder = %described, stale = ?stale, forced = force, "breaking the cluster lock (taking it over)");
+    if take_over(h, cluster, me, &text).await? {
+        Ok(())
+    } else {
+        Err(held(format!(
+            "{described} (another controller took it first)"
+        )))
+    }
+}
+
+/// Under the takeover token: replace the lock if it is still `seen` (or create it if it is
+/// gone). `Ok(false)`: another taker was first.
+async fn take_over(
+    h: &Host,
+    cluster: &str,
+    me: &lock::Holder,
+    seen: &str,
+) -> Result<bool, LockError> {
+    if !take_token(h, cluster, me).await? {
+        return Ok(false);
+    }
+    let now = read_holder(h, &lock::read_argv(cluster))
+        .await
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+    let argv = if now.is_empty() {
+        Some(lock::acquire_argv(cluster, me))
+    } else if now == seen.trim() {
+        Some(lock::replace_argv(cluster, me))
+    } else {
+        None
+    };
+    let won = match argv {
+        Some(a) => h.run(&a).await.map_err(|e| failed(h, e))?.success(),
+        None => false,
+    };
+    let _ = h.run(&lock::token_release_argv(cluster)).await;
+    Ok(won)
+}
+
+/// Take the takeover token (a stale token, left by a taker that died, is removed once).
+async fn take_token(h: &Host, cluster: &str, me: &lock::Holder) -> Result<bool, LockError> {
+    for attempt in 0..2 {
+        let out = h
+            .run(&lock::token_acquire_argv(cluster, me))
+            .await
+            .map_err(|e| failed(h, e))?;
+        if out.success() {
+            return Ok(true);
+        }
+        let token = read_holder(h, &lock::token_read_argv(cluster)).await;
+        let stale = token
+            .as_ref()
+            .and_then(|(_, t)| t.as_ref())
+            .is_some_and(|t| {
+                t.stale(&lock::local(), jiff::Timestamp::now(), lock::alive)
+                    .is_some()
+            });
+        if attempt == 0 && stale {
+            let _ = h.run(&lock::token_release_argv(cluster)).await;
+            continue;
+        }
+        return Ok(false);
+    }
+    Ok(false)
+}
+
+/// Renew our lease on one host. `Ok(false)`: the lock is not ours any more.
+async fn renew_one(
+    h: &Host,
+    cluster: &str,
+    me: &lock::Holder,
+    renewed: &lock::Holder,
+) -> Result<bool, LockError> {
+    // the token is held only for a few commands at a time: wait for it briefly
+    let mut token = false;
+    for _ in 0..20 {
+        if take_token(h, cluster, me).await? {
+            token = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !token {
+        return Err(failed(h, "the takeover token stayed taken"));
+    }
+    let ours = read_holder(h, &lock::read_argv(cluster))
+        .await
+        .is_some_and(|(_, x)| x.is_some_and(|x| x.same(me)));
+    let result = if ours {
+        h.run(&lock::replace_argv(cluster, renewed))
+            .await
+            .map(|o| o.success())
+            .map_err(|e| failed(h, e))
+    } else {
+        Ok(false)
+    };
+    let _ = h.run(&lock::token_release_argv(cluster)).await;
+    result
 }

@@ -564,29 +564,42 @@ pub async fn run_locked(
 ) -> Result<Report, String> {
     let conns = crate::observe::connect(s).await;
     let active = s.spec.active.as_str();
-    let node = conns
-        .node(active)
-        .ok_or_else(|| format!("the active node {active} is not reachable: cannot re-inject"))?;
+    if conns.node(active).is_none() {
+        return Err(format!(
+            "the active node {active} is not reachable: cannot re-inject"
+        ));
+    }
     // a dry run changes nothing: no lock, so it can run beside an apply
-    if !dry_run {
-        crate::apply::acquire_lock(node, s.name.as_str(), false)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let obs = crate::observe::observe(s, &conns).await;
-    let res = run(
-        s,
-        &conns,
-        &obs,
-        instance,
-        Target::ACTIVE,
-        dry_run,
-        state_dir,
-    )
-    .await;
-    if !dry_run {
-        crate::apply::release_lock(node, s.name.as_str()).await;
-    }
+    let lock = if dry_run {
+        None
+    } else {
+        Some(
+            crate::apply::ClusterLock::acquire(&conns, s, false)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let work = async {
+        let obs = crate::observe::observe(s, &conns).await;
+        run(
+            s,
+            &conns,
+            &obs,
+            instance,
+            Target::ACTIVE,
+            dry_run,
+            state_dir,
+        )
+        .await
+    };
+    let res = match &lock {
+        Some(l) => {
+            let r = l.hold_while(work).await;
+            l.release().await;
+            r
+        }
+        None => work.await,
+    };
     tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "arch-restore");
     res
 }

@@ -510,28 +510,28 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
         print!("{}", render(&p, s, args.output));
         return 0;
     }
-    // Changes: take the lock on the active node, then look again under it.
-    let active = s.spec.active.as_str();
-    let Some(lock_host) = conns.node(active) else {
-        eprintln!("active node {active} is not connected");
-        return 1;
+    // Changes: take the cluster lock (every reachable host), then look again under it.
+    let lock = match ex::ClusterLock::acquire(&conns, s, apply.force_unlock).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
     };
-    if let Err(e) = ex::acquire_lock(lock_host, s.name.as_str(), apply.force_unlock).await {
-        eprintln!("{e}");
-        return 1;
-    }
-    let code = apply_locked(
-        s,
-        &conns,
-        p,
-        saved.is_some(),
-        &ctx,
-        apply,
-        &state_dir,
-        args.output,
-    )
-    .await;
-    ex::release_lock(lock_host, s.name.as_str()).await;
+    let code = lock
+        .hold_while(apply_locked(
+            s,
+            &conns,
+            p,
+            saved.is_some(),
+            &ctx,
+            apply,
+            &state_dir,
+            args.output,
+            lock.lost(),
+        ))
+        .await;
+    lock.release().await;
     code
 }
 
@@ -545,6 +545,7 @@ async fn apply_locked(
     apply: &ApplyArgs,
     state_dir: &std::path::Path,
     output: PlanFormat,
+    lost: &std::sync::atomic::AtomicBool,
 ) -> u8 {
     use crate::apply as ex;
     use crate::plan;
@@ -581,7 +582,7 @@ async fn apply_locked(
         global: apply.parallelism,
         per_host: apply.per_host,
     };
-    let report = ex::execute(s, conns, &p, &mut journal, limits).await;
+    let report = ex::execute(s, conns, &p, &mut journal, limits, lost).await;
     print!("{}", report.text());
     if report.ok() { 0 } else { 1 }
 }

@@ -231,7 +231,7 @@ mod tests {
     #[ignore = "needs tcsh (a csh login shell, as root has on FreeBSD before 14): cargo xtask ci installs it and runs the ignored tests"]
     fn every_fixed_script_reaches_the_program_unchanged_through_csh() {
         use crate::adapters::{files, postfix, zfs};
-        let holder = crate::state::lock::Holder::me();
+        let holder = crate::state::lock::Holder::me(jiff::Timestamp::now());
         let dt = zfs::DirectTarget {
             host: "node-b".into(),
             user: "root".into(),
@@ -244,6 +244,8 @@ mod tests {
         let argvs: Vec<Vec<String>> = vec![
             crate::state::lock::acquire_argv("univ-mail", &holder),
             crate::state::lock::read_argv("univ-mail"),
+            crate::state::lock::token_acquire_argv("univ-mail", &holder),
+            crate::state::lock::replace_argv("univ-mail", &holder),
             crate::state::lock::release_argv("univ-mail"),
             files::write_file_argv("/etc/postfix/spoolkeeper-bcc.regexp"),
             postfix::cat_table_argv("spoolkeeper-bcc.regexp"),
