@@ -555,7 +555,7 @@ pub async fn run(
     })
 }
 
-/// Connect, take the cluster lock on the active node, observe, run, release.
+/// Connect, take the cluster lock (every reachable host), observe, run, release.
 pub async fn run_locked(
     s: &Spec,
     instance: Option<&str>,

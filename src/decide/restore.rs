@@ -59,7 +59,7 @@
 //! aside before running `arch-restore` again: the mailbox and spool queue checks still keep
 //! what is present from being delivered twice.
 //! * the same (Message-ID, recipient) held twice is replayed once ([`archive::restore_set`]).
-//! * [`main`] takes the cluster lock on the active node, so two `arch-restore` (or an apply)
+//! * `arch-restore` takes the cluster lock (`crate::apply::ClusterLock`), so two `arch-restore` (or an apply)
 //!   never replay concurrently. [`run`] does not: the failover step calls it under apply's lock.
 //!
 //! The archived copies stay held: a later replication's purge removes them. The re-injected

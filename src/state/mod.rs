@@ -1,5 +1,5 @@
 //! What spoolkeeper keeps between runs: the journal of applies on the controller, the
-//! cluster lock on the active node, and the replay ledger.
+//! cluster lock on every reachable host, and the replay ledger.
 
 pub mod journal;
 pub mod ledger;
