@@ -8,7 +8,7 @@
 //! 1. observe (done by the caller): the active node's datasets and snapshots, the archive
 //!    host's hold queue (`postqueue -j`) and both clock offsets;
 //! 2. the archive host: `postcat -d -o -q ID…` of every held copy addressed to the instances'
-//!    archive addresses, in chunks of [`POSTCAT_CHUNK`] ids (one call up to that many; the
+//!    archive addresses, in chunks of `crate::apply::replay::POSTCAT_CHUNK` ids (one call up to that many; the
 //!    chunk keeps the SSH command line well under the protocol's packet size);
 //! 3. the active node: `postqueue -j` (what its own Postfix is still delivering), then ONE
 //!    batch of `postcat` of those messages (their Message-IDs) and `doveadm fetch
@@ -29,7 +29,7 @@
 //! accepted by the spool's Postfix before the snapshot but delivered after it is older and
 //! absent. [`archive::watermark`] therefore needs the spool's queue backlog at snapshot time.
 //! Nothing records it yet (the snapshot step would have to read the queue when it snapshots),
-//! so [`run`] passes [`SpoolBacklog::Unknown`]: the watermark is refused and the window is
+//! so `crate::apply::replay::run` passes [`SpoolBacklog::Unknown`]: the watermark is refused and the window is
 //! every held copy of the instance. That only widens the replay; exactly-once rests on the
 //! Message-ID check (the mailbox already holds it: skipped) and the replay ledger (replayed by
 //! an earlier run: skipped). The cost of a wide window: a held copy older than the snapshot
@@ -60,7 +60,7 @@
 //! what is present from being delivered twice.
 //! * the same (Message-ID, recipient) held twice is replayed once ([`archive::restore_set`]).
 //! * `arch-restore` takes the cluster lock (`crate::apply::ClusterLock`), so two `arch-restore` (or an apply)
-//!   never replay concurrently. [`run`] does not: the failover step calls it under apply's lock.
+//!   never replay concurrently. `crate::apply::replay::run` does not: the failover step calls it under apply's lock.
 //!
 //! The archived copies stay held: a later replication's purge removes them. The re-injected
 //! message passes the active spool's `recipient_bcc_maps` again, so a second held copy appears

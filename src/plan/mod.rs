@@ -27,7 +27,7 @@ pub use action::{Access, Action, ActionKind, Effect, Object, Target};
 pub use blocked::Blocked;
 pub use graph::{CycleError, Plan};
 pub use history::Context;
-pub use saved::{FORMAT_VERSION, SavedPlan, fingerprint};
+pub use saved::{FORMAT_VERSION, SavedPlan, fingerprint, spec_digest};
 
 use crate::model::{Dataset, NodeObservation, Observation};
 use crate::spec::{NodeName, Spec};

@@ -54,7 +54,7 @@ pub struct SavedPlan {
     pub fingerprint: String,
     pub actions: Vec<render::JsonAction>,
     pub blocked: Vec<render::JsonBlocked>,
-    /// [`spec_digest`] of the spec the plan was made from.
+    /// [`spec_digest`](crate::plan::spec_digest) of the spec the plan was made from.
     #[serde(default)]
     pub spec_digest: String,
     /// The digest of everything above ([`SavedPlan::content_digest`]): an edited file is

@@ -41,7 +41,7 @@ pub struct LedgerEntry {
 pub struct Ledger {
     pub(crate) path: PathBuf,
     file: Option<File>,
-    /// Instance → the [`replay_scope`] of the copy replayed into (recorded with each entry).
+    /// Instance → the [`replay_scope`](crate::decide::restore::replay_scope) of the copy replayed into (recorded with each entry).
     scopes: BTreeMap<String, String>,
 }
 
@@ -71,7 +71,7 @@ impl Ledger {
     }
 
     /// [`Ledger::read`], counting only the entries a replay into these copies must respect:
-    /// per instance, those recorded for its copy's [`replay_scope`] (and entries that name no
+    /// per instance, those recorded for its copy's [`replay_scope`](crate::decide::restore::replay_scope) (and entries that name no
     /// node, from older ledgers).
     pub fn read_scoped(
         path: &Path,
@@ -116,7 +116,7 @@ impl Ledger {
         }
     }
 
-    /// The copies replayed into, per instance ([`replay_scope`]).
+    /// The copies replayed into, per instance ([`replay_scope`](crate::decide::restore::replay_scope)).
     pub fn with_scopes(mut self, scopes: BTreeMap<String, String>) -> Ledger {
         self.scopes = scopes;
         self

@@ -1,8 +1,8 @@
 //! Host transport: run argv vectors on the local machine or over SSH.
 //!
-//! ONE DOOR: every command of every host goes through [`AnyHost::run`] or
-//! [`AnyHost::spawn`], which open a tracing span (host, argv, duration, exit status) and count
-//! round trips per host ([`AnyHost::round_trips`]). Nothing else in the crate starts a process
+//! ONE DOOR: every command of every host goes through [`Host::run`] or
+//! [`Host::spawn`], which open a tracing span (host, argv, duration, exit status) and count
+//! round trips per host ([`Host::round_trips`]). Nothing else in the crate starts a process
 //! on a host.
 //!
 //! Remote quoting: SSH hands the remote login shell one command string. Each argv element is
@@ -119,7 +119,7 @@ pub enum HostError {
     Spawn {
         /// Host label.
         host: String,
-        /// argv[0].
+        /// The program (`argv[0]`).
         program: String,
         /// The OS error.
         source: std::io::Error,
