@@ -120,6 +120,32 @@ pub fn parse_fetch_message_ids(out: &str) -> Result<BTreeSet<String>, DovecotErr
         .collect())
 }
 
+/// What `doveadm fetch` said about one user's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The Message-IDs it holds.
+    Holds(BTreeSet<String>),
+    /// Dovecot has no such user (`EX_NOUSER`, 67): an alias, a list or an address Postfix
+    /// rewrites; where the message went cannot be told from here.
+    NotAUser,
+    /// Anything else: the mailbox could not be read.
+    Failed(String),
+}
+
+/// Classify one `doveadm fetch` result (exit status, stdout, stderr). An unknown user is not
+/// "holds nothing": a replay to it could be expanded by Postfix into a mailbox that already
+/// holds the message (a duplicate).
+pub fn fetch_outcome(status: Option<i32>, stdout: &str, stderr: &str) -> FetchOutcome {
+    match status {
+        Some(0) => match parse_fetch_message_ids(stdout) {
+            Ok(ids) => FetchOutcome::Holds(ids),
+            Err(e) => FetchOutcome::Failed(e.to_string()),
+        },
+        Some(67) => FetchOutcome::NotAUser,
+        s => FetchOutcome::Failed(format!("doveadm fetch exited {s:?}: {}", stderr.trim())),
+    }
+}
+
 /// `(Message-ID, user)` pairs for [`crate::decide::archive::restore_set`]'s `already_present`.
 pub fn present_pairs(user: &str, ids: &BTreeSet<String>) -> BTreeSet<(String, String)> {
     ids.iter().map(|id| (id.clone(), user.to_owned())).collect()
@@ -128,6 +154,22 @@ pub fn present_pairs(user: &str, ids: &BTreeSet<String>) -> BTreeSet<(String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_user_is_not_an_empty_mailbox() {
+        assert_eq!(
+            fetch_outcome(Some(67), "", "doveadm(x): Error: User doesn't exist"),
+            FetchOutcome::NotAUser
+        );
+        assert!(matches!(
+            fetch_outcome(Some(0), "hdr.message-id\n<a@b>\n", ""),
+            FetchOutcome::Holds(ids) if ids.len() == 1
+        ));
+        assert!(matches!(
+            fetch_outcome(Some(75), "", "temp"),
+            FetchOutcome::Failed(_)
+        ));
+    }
 
     const FETCH: &str = include_str!("../../tests/fixtures/dovecot/doveadm-fetch-tab.txt");
     const SEARCH: &str = include_str!("../../tests/fixtures/dovecot/doveadm-search.txt");

@@ -118,6 +118,7 @@ async fn spool_state(
     users: &BTreeSet<String>,
     since: &BTreeMap<String, Option<Timestamp>>,
     domains: &[String],
+    delimiters: &str,
 ) -> Result<
     (
         BTreeSet<(String, String)>,
@@ -144,7 +145,9 @@ async fn spool_state(
     }
     let mut who = Vec::new();
     for u in users {
-        match dovecot::fetch_message_ids_argv(u, since.get(u).copied().flatten()) {
+        // the mailbox Postfix delivers the address to (plus-addressing)
+        let mailbox = mailbox_user(u, delimiters);
+        match dovecot::fetch_message_ids_argv(&mailbox, since.get(u).copied().flatten()) {
             Ok(a) => {
                 who.push((u.clone(), b.push(a)));
             }
@@ -191,20 +194,21 @@ async fn spool_state(
         .into_iter()
         .filter_map(|(u, slot)| Some((u, outs.get(slot)?)))
     {
-        match o.status {
-            Some(0) => match dovecot::parse_fetch_message_ids(&o.stdout_text()) {
-                Ok(ids) => present.extend(dovecot::present_pairs(&u, &ids)),
-                Err(e) => {
-                    broken.insert(u, e.to_string());
-                }
-            },
-            // EX_NOUSER: no such mailbox, so it holds nothing; Postfix decides on delivery
-            Some(67) => {}
-            s => {
+        match dovecot::fetch_outcome(o.status, &o.stdout_text(), &o.stderr_text()) {
+            dovecot::FetchOutcome::Holds(ids) => present.extend(dovecot::present_pairs(&u, &ids)),
+            // an alias, a list, an address Postfix rewrites: whether the mailbox it ends in
+            // already holds the message cannot be told, and a replay could deliver it twice
+            dovecot::FetchOutcome::NotAUser => {
                 broken.insert(
-                    u,
-                    format!("doveadm fetch exited {s:?}: {}", o.stderr_text().trim()),
+                    u.clone(),
+                    format!(
+                        "{} is not a Dovecot user (an alias, a list or a rewritten address): spoolkeeper cannot check whether its mailbox already holds the message, so it is not replayed; the replay stays owed (deliver it by hand with `postcat -q ID` on the archive host, or add the user)",
+                        mailbox_user(&u, delimiters)
+                    ),
                 );
+            }
+            dovecot::FetchOutcome::Failed(e) => {
+                broken.insert(u, e);
             }
         }
     }
@@ -519,8 +523,15 @@ pub async fn run(
     let spool_queue = crate::adapters::postfix::parse_postqueue(&listing.stdout_text())
         .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
     let pending = spool_pending(&spool_queue, &all_domains);
+    let delimiters = obs
+        .nodes
+        .get(active)
+        .and_then(|n| n.postfix.as_ref())
+        .and_then(|p| p.settings.get("recipient_delimiter"))
+        .cloned()
+        .unwrap_or_default();
     let (mailboxes, queued, broken) =
-        spool_state(node, &pending, &users, &since, &all_domains).await?;
+        spool_state(node, &pending, &users, &since, &all_domains, &delimiters).await?;
 
     // 4. decide
     let (instance_reports, messages, errs) = decide(

@@ -434,6 +434,19 @@ pub fn users_to_check(plan: &RestorePlan) -> BTreeSet<String> {
         .collect()
 }
 
+/// The mailbox user an address is delivered to under Postfix's `recipient_delimiter`
+/// (`alice+lists@x` → `alice@x` with `+`; several delimiter characters allowed, the first
+/// one in the local part splits it). Empty delimiters: the address itself.
+pub fn mailbox_user(recipient: &str, delimiters: &str) -> String {
+    let Some((local, domain)) = recipient.rsplit_once('@') else {
+        return recipient.to_owned();
+    };
+    match local.find(|c| delimiters.contains(c)) {
+        Some(0) | None => recipient.to_owned(),
+        Some(i) => format!("{}@{domain}", &local[..i]),
+    }
+}
+
 fn correct(t: Timestamp, offset_ms: Option<i64>) -> Timestamp {
     match offset_ms {
         Some(o) => t.checked_sub(SignedDuration::from_millis(o)).unwrap_or(t),
@@ -1025,6 +1038,28 @@ pub(crate) mod tests {
             reply: None,
         }
     }
+    #[test]
+    fn plus_addresses_are_checked_in_the_mailbox_postfix_delivers_them_to() {
+        assert_eq!(
+            mailbox_user("alice+lists@students.lab", "+"),
+            "alice@students.lab"
+        );
+        assert_eq!(
+            mailbox_user("alice-x+y@students.lab", "+-"),
+            "alice@students.lab"
+        );
+        assert_eq!(
+            mailbox_user("alice@students.lab", "+"),
+            "alice@students.lab"
+        );
+        assert_eq!(
+            mailbox_user("alice+x@students.lab", ""),
+            "alice+x@students.lab"
+        );
+        assert_eq!(mailbox_user("+x@students.lab", "+"), "+x@students.lab");
+        assert_eq!(mailbox_user("no-at-sign", "+"), "no-at-sign");
+    }
+
     #[test]
     fn the_report_renders_every_message_and_the_counts() {
         let mut m = report("Q1", "a@students.lab", "");

@@ -29,6 +29,7 @@ pub const POSTFIX_PARAMETERS: &[&str] = &[
     "smtpd_recipient_restrictions",
     "relay_domains",
     "maximal_queue_lifetime",
+    "recipient_delimiter",
 ];
 
 use crate::decide::archive::{BCC_MAP_FILE, HOLD_MAP_FILE};
