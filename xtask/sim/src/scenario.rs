@@ -75,7 +75,8 @@ impl Params {
             2 => (snap_every * 24).min(7 * 86_400),
             _ => snap_choices[rng.random_range(0..snap_choices.len())],
         };
-        let rpo = repl_every * if rng.random_bool(0.5) { 1 } else { 3 };
+        // the spec requires rpo >= both schedules (the random draw is kept: seeds replay)
+        let rpo = (repl_every * if rng.random_bool(0.5) { 1 } else { 3 }).max(snap_every);
         let margins = [10, 60, 600];
         let margin = margins[rng.random_range(0..margins.len())];
         let keeps = [
