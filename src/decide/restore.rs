@@ -573,7 +573,9 @@ pub fn instance_inputs<'a>(
             // A replay owed to the copy (recorded by a failover) keeps its anchor, whoever runs it.
             let owed = copy.and_then(|d| d.user_properties.get(crate::plan::REPLAY_PROPERTY));
             let window = match (window, owed) {
-                (Window::Newest, Some(a)) if a.is_empty() => Window::Everything,
+                (Window::Newest, Some(a)) if a.is_empty() || a == crate::plan::EVERY_HELD_COPY => {
+                    Window::Everything
+                }
                 (Window::Newest, Some(a)) => Window::Anchor(a.as_str()),
                 (w, _) => w,
             };

@@ -486,16 +486,44 @@ impl Planner<'_> {
             last = Some(mark);
         }
         let newest = d.snapshots.last().map(|s| s.name.clone());
+        // Deliveries of the instance still queued on the node being promoted were accepted
+        // when it served an earlier incarnation of this copy (or by an instance started by
+        // hand): never delivered into this one (the mail may already be in it, replayed); they
+        // are deleted, and the replay owed covers every held copy instead of the newest
+        // snapshot's window, recorded before they are.
+        let queued: Vec<String> = self
+            .node(active)
+            .and_then(|o| o.postfix.as_ref())
+            .filter(|_| self.spec.spec.archive.is_some())
+            .map(|p| {
+                self.spec
+                    .spec
+                    .instances
+                    .iter()
+                    .find(|(n, _)| n.as_str() == name)
+                    .map(|(_, inst)| Self::local_deliveries(&p.queue, inst))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let widen = !queued.is_empty() && marks::owed_replay(Some(d)).as_deref() != Some("");
         let anchor = match marks::owed_replay(Some(d)) {
-            Some(a) => Some(a),
-            None if self.spec.spec.archive.is_some() => {
-                let value = newest.clone().unwrap_or_default();
+            Some(a) if !widen => Some(a),
+            _ if self.spec.spec.archive.is_some() => {
+                let value = if widen {
+                    String::new()
+                } else {
+                    newest.clone().unwrap_or_default()
+                };
                 let owe = self.plan.add(Action::new(
                     host.clone(),
                     ActionKind::SetUserProperty {
                         dataset: d.name.clone(),
                         property: REPLAY_PROPERTY.into(),
-                        value: Some(value.clone()),
+                        value: Some(if value.is_empty() {
+                            marks::EVERY_HELD_COPY.to_owned()
+                        } else {
+                            value.clone()
+                        }),
                     },
                     format!(
                         "{name} resumes from {}: a replay of the archive is owed from there, recorded before anything changes",
@@ -509,8 +537,26 @@ impl Planner<'_> {
                 last = Some(owe);
                 Some(value)
             }
-            None => None,
+            _ => None,
         };
+        if !queued.is_empty() {
+            let drop = self.plan.add(Action::new(
+                host.clone(),
+                ActionKind::DropQueued {
+                    instance: name.into(),
+                    queue_ids: queued.clone(),
+                },
+                format!(
+                    "{} delivery(ies) of {name} queued on {active} from before it was a replica: replayed from the archive instead, never delivered twice",
+                    queued.len()
+                ),
+            ));
+            if let Some(l) = last {
+                self.plan.edge(l, drop);
+            }
+            ids.push(drop);
+            last = Some(drop);
+        }
         if d.receive_resume_token.is_some() {
             let a = self.plan.add(Action::new(
                 host,

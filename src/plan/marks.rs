@@ -94,11 +94,21 @@ impl Marks {
 }
 
 /// The snapshot a replay owed to this copy starts from (`Some("")` when owed with no
-/// snapshot known: every held copy).
+/// snapshot known: every held copy, recorded as [`EVERY_HELD_COPY`]).
 pub fn owed_replay(d: Option<&Dataset>) -> Option<String> {
     d.and_then(|d| d.user_properties.get(REPLAY_PROPERTY))
-        .cloned()
+        .map(|v| {
+            if v == EVERY_HELD_COPY {
+                String::new()
+            } else {
+                v.clone()
+            }
+        })
 }
+
+/// The recorded value of a replay owed with no snapshot window: every held copy (a user
+/// property is never set to an empty string).
+pub const EVERY_HELD_COPY: &str = "*";
 
 #[cfg(test)]
 mod tests {

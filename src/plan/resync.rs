@@ -216,6 +216,28 @@ impl Planner<'_> {
         }
     }
 
+    /// The queued messages whose every recipient is at the instance's domains (their archive
+    /// copies already left): local deliveries of the instance.
+    pub(super) fn local_deliveries(
+        queue: &[crate::model::QueueEntry],
+        inst: &Instance,
+    ) -> Vec<String> {
+        let at = |addr: &str, domain: &str| {
+            addr.rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        };
+        queue
+            .iter()
+            .filter(|e| {
+                !e.recipients.is_empty()
+                    && e.recipients
+                        .iter()
+                        .all(|r| inst.domains.iter().any(|d| at(&r.address, d)))
+            })
+            .map(|e| e.queue_id.clone())
+            .collect()
+    }
+
     /// A node that does not serve the instance but still queues deliveries of it (it served
     /// before, or it was started by hand): its archive copies are handed to the archive host,
     /// the archive is replayed into the serving node, then those deliveries are deleted, so
@@ -261,16 +283,7 @@ impl Planner<'_> {
         };
         // Deliveries of the instance still queued there: never to be delivered on that node
         // any more (it is passive); the replay puts their messages into the serving copy.
-        let stale: Vec<String> = queue
-            .iter()
-            .filter(|e| {
-                !e.recipients.is_empty()
-                    && e.recipients
-                        .iter()
-                        .all(|r| inst.domains.iter().any(|d| at(&r.address, d)))
-            })
-            .map(|e| e.queue_id.clone())
-            .collect();
+        let stale = Self::local_deliveries(&queue, inst);
         if !always && stale.is_empty() {
             return Some(None);
         }

@@ -216,7 +216,12 @@ impl Planner<'_> {
             .max(self.now.as_second());
         records.push((super::RESYNC_PROPERTY, moved.encode()));
         if let Some(a) = &owed {
-            records.push((super::REPLAY_PROPERTY, Some(a.clone())));
+            let value = if a.is_empty() {
+                super::marks::EVERY_HELD_COPY.to_owned()
+            } else {
+                a.clone()
+            };
+            records.push((super::REPLAY_PROPERTY, Some(value)));
         }
         for (property, value) in records {
             let id = self.plan.add(Action::new(

@@ -100,6 +100,16 @@ const FOUND: &[(u64, usize, &str)] = &[
         300,
         "mount of a writable copy not ordered after the other copy's demotion",
     ),
+    (
+        377,
+        200,
+        "deliveries queued on a node since an interrupted hand-over, delivered again once a failover promotes it",
+    ),
+    (
+        627,
+        200,
+        "deliveries queued on a promoted replica delivered on top of their replay",
+    ),
 ];
 
 #[test]
