@@ -24,7 +24,8 @@ fn ssh(i: usize) -> impl Strategy<Value = Ssh> {
         prop::option::of("[a-z_][a-z0-9_-]{0,8}"),
         1u32..=65535,
         prop::option::of("/[a-z]{1,8}/known_hosts"),
-        prop::option::of(duration(1)),
+        // ssh waits at most 10m for a connection (validation)
+        prop::option::of((1..=600u64).prop_map(Duration::from_secs)),
     )
         .prop_map(move |(host, user, port, kh, ct)| Ssh {
             // Unique per node: two nodes must be two machines.
