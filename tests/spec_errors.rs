@@ -405,6 +405,13 @@ fn each_single_mistake_is_rejected_with_its_location() {
             "longer than 600s",
         ),
         (
+            "a YAML tag (silently dropped before)",
+            edit("margin: 10m", "margin: !duration 10m"),
+            35,
+            23,
+            "YAML tag `!duration`",
+        ),
+        (
             "unknown transport",
             edit("transport: direct", "transport: carrier-pigeon"),
             31,

@@ -75,6 +75,24 @@ impl Index {
                 message: format!("YAML syntax: {}", e.info()),
             })?;
             let pos = pos_of(&mark);
+            let tag = match &ev {
+                Event::Scalar(_, _, _, t)
+                | Event::MappingStart(_, t)
+                | Event::SequenceStart(_, t) => t.as_ref(),
+                _ => None,
+            };
+            // A tag changes what a value means to some YAML readers and is silently dropped by
+            // others: a spec has none (`!!str`, which only says "a string", is allowed).
+            if let Some(t) = tag.filter(|t| !(t.handle == "!!" && t.suffix == "str")) {
+                return Err(IndexError {
+                    pos,
+                    message: format!(
+                        "the YAML tag `{}{}` has no meaning in a spec: remove it (write the value alone)",
+                        t.handle.escape_default(),
+                        t.suffix.escape_default()
+                    ),
+                });
+            }
             match ev {
                 Event::StreamEnd => break,
                 Event::DocumentStart => {
