@@ -142,6 +142,9 @@ pub fn main(keep: bool) -> Result<(), String> {
     )?;
 
     step("2. the lab: node-a (active), node-b (empty), smtp-arch");
+    // The tour starts from an empty lab: one left up (an interrupted demo, `lab up` by hand)
+    // is taken down first.
+    lab::down().map_err(|e| e.to_string())?;
     lab::up().map_err(|e| e.to_string())?;
     let result = tour(&bin, st);
     if keep {
