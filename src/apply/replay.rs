@@ -194,21 +194,11 @@ async fn spool_state(
         .into_iter()
         .filter_map(|(u, slot)| Some((u, outs.get(slot)?)))
     {
-        match dovecot::fetch_outcome(o.status, &o.stdout_text(), &o.stderr_text()) {
-            dovecot::FetchOutcome::Holds(ids) => present.extend(dovecot::present_pairs(&u, &ids)),
-            // an alias, a list, an address Postfix rewrites: whether the mailbox it ends in
-            // already holds the message cannot be told, and a replay could deliver it twice
-            dovecot::FetchOutcome::NotAUser => {
-                broken.insert(
-                    u.clone(),
-                    format!(
-                        "{} is not a Dovecot user (an alias, a list or a rewritten address): spoolkeeper cannot check whether its mailbox already holds the message, so it is not replayed; the replay stays owed (deliver it by hand with `postcat -q ID` on the archive host, or add the user)",
-                        mailbox_user(&u, delimiters)
-                    ),
-                );
-            }
-            dovecot::FetchOutcome::Failed(e) => {
-                broken.insert(u, e);
+        let outcome = dovecot::fetch_outcome(o.status, &o.stdout_text(), &o.stderr_text());
+        match mailbox_check(&u, delimiters, outcome) {
+            Ok(pairs) => present.extend(pairs),
+            Err(why) => {
+                broken.insert(u, why);
             }
         }
     }

@@ -447,6 +447,27 @@ pub fn mailbox_user(recipient: &str, delimiters: &str) -> String {
     }
 }
 
+/// What the mailbox check of `recipient` found (its mailbox is [`mailbox_user`]): the
+/// (Message-ID, recipient) pairs present, keyed by the recipient as the archive copy names it,
+/// or why it cannot be told (those copies are not replayed). A recipient Dovecot does not
+/// know (an alias, a list, a rewritten address) is such a case, never "holds nothing": a
+/// replay Postfix expands could land in a mailbox that already holds the message.
+pub fn mailbox_check(
+    recipient: &str,
+    delimiters: &str,
+    outcome: crate::adapters::dovecot::FetchOutcome,
+) -> Result<BTreeSet<(String, String)>, String> {
+    use crate::adapters::dovecot::{FetchOutcome, present_pairs};
+    match outcome {
+        FetchOutcome::Holds(ids) => Ok(present_pairs(recipient, &ids)),
+        FetchOutcome::NotAUser => Err(format!(
+            "{} is not a Dovecot user (an alias, a list or a rewritten address): spoolkeeper cannot check whether its mailbox already holds the message, so it is not replayed; the replay stays owed (deliver it by hand with `postcat -q ID` on the archive host, or add the user)",
+            mailbox_user(recipient, delimiters)
+        )),
+        FetchOutcome::Failed(e) => Err(e),
+    }
+}
+
 fn correct(t: Timestamp, offset_ms: Option<i64>) -> Timestamp {
     match offset_ms {
         Some(o) => t.checked_sub(SignedDuration::from_millis(o)).unwrap_or(t),
@@ -1060,6 +1081,24 @@ pub(crate) mod tests {
         );
         assert_eq!(mailbox_user("+x@students.lab", "+"), "+x@students.lab");
         assert_eq!(mailbox_user("no-at-sign", "+"), "no-at-sign");
+    }
+
+    #[test]
+    fn a_mailbox_check_keys_what_it_found_by_the_archived_recipient() {
+        use crate::adapters::dovecot::FetchOutcome;
+        let ids = BTreeSet::from(["<m1@x>".to_string()]);
+        // alice+lists's copy is in alice's mailbox: present under the address the archive
+        // copy names, so the copy is skipped, not replayed again
+        assert_eq!(
+            mailbox_check("alice+lists@students.lab", "+", FetchOutcome::Holds(ids)).unwrap(),
+            set(&[("<m1@x>", "alice+lists@students.lab")])
+        );
+        let e = mailbox_check("list@students.lab", "+", FetchOutcome::NotAUser).unwrap_err();
+        assert!(
+            e.contains("not a Dovecot user") && e.contains("list@students.lab"),
+            "{e}"
+        );
+        assert!(mailbox_check("a@b", "", FetchOutcome::Failed("boom".into())).is_err());
     }
 
     #[test]

@@ -1361,3 +1361,82 @@ fn instances_never_start_when_the_bcc_table_cannot_be_built() {
         render::text(&p, Some(&s))
     );
 }
+
+#[test]
+fn deliveries_queued_on_a_promoted_replica_are_replaced_by_a_replay_of_every_held_copy() {
+    // node-b still queues a delivery of students from when it served (simulator seeds 377,
+    // 627): it must never be delivered into the copy the failover promotes
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  fenced: [node-a, node-c]\n");
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let mut o = lost_active(false);
+    let queued = |id: &str, rcpt: &str| crate::model::QueueEntry {
+        queue_name: "deferred".into(),
+        queue_id: id.into(),
+        arrival_time: now(),
+        message_size: 1,
+        forced_expire: false,
+        sender: "s@x.org".into(),
+        recipients: vec![crate::model::QueueRecipient {
+            address: rcpt.into(),
+            delay_reason: None,
+        }],
+    };
+    o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
+        settings: BTreeMap::new(),
+        queue: vec![
+            queued("Q1", "u1@students.lab"),
+            // an archive copy still on its way is not a local delivery: handed over, not dropped
+            queued("Q2", "u1=students.lab@archive.lab"),
+        ],
+        files: BTreeMap::new(),
+    });
+    let p = plan(&s, &o, now(), &converged_ctx());
+    let text = render::text(&p, Some(&s));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("no {k} in\n{text}"))
+    };
+    let drop = p
+        .actions()
+        .into_iter()
+        .find(|a| matches!(&a.kind, ActionKind::DropQueued { instance, .. } if instance == "students"))
+        .unwrap_or_else(|| panic!("no drop of the queued delivery in\n{text}"))
+        .clone();
+    assert!(
+        matches!(&drop.kind, ActionKind::DropQueued { queue_ids, .. } if queue_ids == &["Q1".to_string()])
+    );
+    // recorded first (every held copy), dropped before the copy serves, replayed after
+    let owe = p
+        .actions()
+        .into_iter()
+        .find(|a| {
+            matches!(&a.kind, ActionKind::SetUserProperty { dataset, property, value: Some(_) }
+            if dataset == "zdata/imap/students" && property == REPLAY_PROPERTY)
+        })
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&owe.kind, ActionKind::SetUserProperty { value: Some(v), .. } if v == EVERY_HELD_COPY)
+    );
+    assert!(pos(&owe.id) < pos(&drop.id), "{text}");
+    assert!(
+        pos(&drop.id) < pos("node-b:start_instance:students"),
+        "{text}"
+    );
+    assert!(
+        matches!(
+            p.actions()
+                .into_iter()
+                .find(|a| a.id.starts_with("controller:arch_restore:students"))
+                .map(|a| &a.kind),
+            Some(ActionKind::ArchRestore { anchor: None, .. })
+        ),
+        "{text}"
+    );
+}
