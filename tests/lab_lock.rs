@@ -13,18 +13,6 @@ use common::*;
 
 const LOCK: &str = "/var/run/spoolkeeper.lab.lock";
 
-fn this_host() -> (String, String) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .replace(':', "_");
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap_or_default()
-        .trim()
-        .replace(':', "_");
-    (host, boot)
-}
-
 /// A pid of this machine that no longer runs.
 fn dead_pid() -> u32 {
     let mut c = std::process::Command::new("true").spawn().expect("spawn");
@@ -86,9 +74,12 @@ fn the_lock_serialises_spec_revisions_and_racing_takers() {
 
     // --- a stale lock (a dead process of this controller) on every host, and eight
     // controllers racing to take it over, each with a plan to run (the instances stopped)
-    let (host, boot) = this_host();
+    // this controller as the lock records it (the same reading the binary makes)
+    let me = spoolkeeper::state::lock::local();
     let stale = format!(
-        "spoolkeeper2:{host}:{boot}:{}:{now}:{}",
+        "spoolkeeper2:{}:{}:{}:{now}:{}",
+        me.host,
+        me.boot,
         dead_pid(),
         now + 3600
     );

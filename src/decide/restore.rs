@@ -592,12 +592,10 @@ pub fn instance_inputs<'a>(
             let ds = format!("{pool}/{}", inst.dataset.as_str());
             let copy = node_obs.and_then(|o| o.dataset(&ds));
             // A replay owed to the copy (recorded by a failover) keeps its anchor, whoever runs it.
-            let owed = copy.and_then(|d| d.user_properties.get(crate::plan::REPLAY_PROPERTY));
-            let window = match (window, owed) {
-                (Window::Newest, Some(a)) if a.is_empty() || a == crate::plan::EVERY_HELD_COPY => {
-                    Window::Everything
-                }
-                (Window::Newest, Some(a)) => Window::Anchor(a.as_str()),
+            let owed = crate::plan::owed_replay(copy);
+            let window = match (window, owed.as_deref()) {
+                (Window::Newest, Some("")) => Window::Everything,
+                (Window::Newest, Some(a)) => Window::Anchor(a),
                 (w, _) => w,
             };
             let snapshot = match window {

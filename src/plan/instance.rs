@@ -519,11 +519,7 @@ impl Planner<'_> {
                     ActionKind::SetUserProperty {
                         dataset: d.name.clone(),
                         property: REPLAY_PROPERTY.into(),
-                        value: Some(if value.is_empty() {
-                            marks::EVERY_HELD_COPY.to_owned()
-                        } else {
-                            value.clone()
-                        }),
+                        value: Some(marks::encode_replay(&value)),
                     },
                     format!(
                         "{name} resumes from {}: a replay of the archive is owed from there, recorded before anything changes",

@@ -106,6 +106,15 @@ pub fn owed_replay(d: Option<&Dataset>) -> Option<String> {
         })
 }
 
+/// The value recorded for a replay owed from `anchor` (`""`: every held copy).
+pub fn encode_replay(anchor: &str) -> String {
+    if anchor.is_empty() {
+        EVERY_HELD_COPY.to_owned()
+    } else {
+        anchor.to_owned()
+    }
+}
+
 /// The recorded value of a replay owed with no snapshot window: every held copy (a user
 /// property is never set to an empty string).
 pub const EVERY_HELD_COPY: &str = "*";

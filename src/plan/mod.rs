@@ -32,7 +32,9 @@ pub use saved::{FORMAT_VERSION, SavedPlan, fingerprint, spec_digest};
 use crate::model::{Dataset, NodeObservation, Observation};
 use crate::spec::{NodeName, Spec};
 
-pub use marks::{EVERY_HELD_COPY, Marks, REPLAY_PROPERTY, RESYNC_PROPERTY, ResyncPhase};
+pub use marks::{
+    EVERY_HELD_COPY, Marks, REPLAY_PROPERTY, RESYNC_PROPERTY, ResyncPhase, owed_replay,
+};
 
 /// Properties compared as sizes (`80T` equals `87960930222080`; `none` equals `0`).
 use crate::spec::SIZE_PROPERTIES;

@@ -216,12 +216,7 @@ impl Planner<'_> {
             .max(self.now.as_second());
         records.push((super::RESYNC_PROPERTY, moved.encode()));
         if let Some(a) = &owed {
-            let value = if a.is_empty() {
-                super::marks::EVERY_HELD_COPY.to_owned()
-            } else {
-                a.clone()
-            };
-            records.push((super::REPLAY_PROPERTY, Some(value)));
+            records.push((super::REPLAY_PROPERTY, Some(super::marks::encode_replay(a))));
         }
         for (property, value) in records {
             let id = self.plan.add(Action::new(

@@ -371,9 +371,9 @@ const MASTER_IDLE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(60
     None => unreachable!(),
 };
 
-/// The default command timeout: no command spoolkeeper sends takes longer on a healthy host,
-/// except those that move data (their callers pass their own, [`Host::run_timeout`]).
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default command timeout (the dispatcher's, for the commands of every action that does
+/// not move data; those pass their own to [`Host::run_timeout`]).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = crate::adapters::dispatch::DEFAULT_TIMEOUT;
 
 fn log_end(res: &Result<Output, HostError>, started: Instant) {
     let ms = started.elapsed().as_millis() as u64;
