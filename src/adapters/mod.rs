@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod fencing;
 pub mod files;
 pub mod jail;
+pub mod lock;
 pub mod postfix;
 pub mod postfix_cmd;
 pub mod shell;
