@@ -325,7 +325,10 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
     if let Some((conf, queue, table)) = postfix_at
         && let Some(conf) = outs.get(conf)
     {
-        let queue = queue.map(|q| outs.get(q));
+        let queue = match queue {
+            None => Queue::NotAsked,
+            Some(q) => outs.get(q).map_or(Queue::Missing, Queue::Listed),
+        };
         let mut p = read_postfix(conf, queue, &mut errors);
         if let Some(f) = outs.get(table).filter(|o| o.success()) {
             p.files.insert(BCC_MAP_FILE.into(), f.stdout_text());
@@ -345,25 +348,28 @@ fn unknown(detail: String) -> InstanceState {
     }
 }
 
-/// `queue`: `None` when the queue was not asked for (no `postqueue -j`), `Some(None)` when
-/// the batch ended before its output.
-fn read_postfix(
-    conf: &Output,
-    queue: Option<Option<&Output>>,
-    errors: &mut Vec<String>,
-) -> PostfixObservation {
+/// What a batch brought back of `postqueue -j`.
+enum Queue<'a> {
+    /// Not asked for (a Postfix without `postqueue -j`).
+    NotAsked,
+    /// Asked for, but the batch ended before its output.
+    Missing,
+    Listed(&'a Output),
+}
+
+fn read_postfix(conf: &Output, queue: Queue<'_>, errors: &mut Vec<String>) -> PostfixObservation {
     let mut p = PostfixObservation {
         settings: postfix::parse_postconf(&conf.stdout_text()),
         queue: Vec::new(),
         files: BTreeMap::new(),
     };
     let queue = match queue {
-        None => return p,
-        Some(None) => {
+        Queue::NotAsked => return p,
+        Queue::Missing => {
             errors.push("postqueue -j: no output (the batch ended early)".into());
             return p;
         }
-        Some(Some(q)) => q,
+        Queue::Listed(q) => q,
     };
     if queue.success() {
         match postfix::parse_postqueue(&queue.stdout_text()) {
@@ -409,7 +415,8 @@ pub async fn observe_archive(h: &Host) -> ArchiveObservation {
             let table = b.push(postfix::cat_table_argv(HOLD_MAP_FILE));
             match h.run_slots(&b).await {
                 Ok(o) => o.get(conf).map(|c| {
-                    let mut p = read_postfix(c, Some(o.get(queue)), &mut errors);
+                    let listed = o.get(queue).map_or(Queue::Missing, Queue::Listed);
+                    let mut p = read_postfix(c, listed, &mut errors);
                     if let Some(f) = o.get(table).filter(|o| o.success()) {
                         p.files.insert(HOLD_MAP_FILE.into(), f.stdout_text());
                     }

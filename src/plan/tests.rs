@@ -388,7 +388,6 @@ fn the_four_renderers_show_the_same_steps() {
     let saved: SavedPlan = serde_json::from_str(&render::json(&p, Some(&s))).unwrap();
     let back = render::from_saved(&saved, &s).unwrap();
     assert_eq!(kinds(&back), ids);
-    let _ = json;
 }
 
 #[test]

@@ -671,18 +671,35 @@ mod tests {
     async fn a_command_past_its_timeout_is_abandoned_and_killed() {
         let trips = RoundTrips::default();
         let h = Host::new("local", AnyHost::Local(LocalHost), &trips)
-            .with_timeout(Duration::from_millis(200));
+            .with_timeout(Duration::from_millis(300));
         let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("still-running");
+        let pidfile = dir.path().join("pid");
         let argv: Vec<String> = vec![
             "sh".into(),
             "-c".into(),
-            "sleep 30; touch \"$1\"".into(),
+            "echo $$ > \"$1\"; exec sleep 30".into(),
             "sh".into(),
-            marker.display().to_string(),
+            pidfile.display().to_string(),
         ];
         let e = h.run(&argv).await.unwrap_err();
         assert!(matches!(e, HostError::CommandTimeout { .. }), "{e}");
+        // the abandoned command is killed, not left running: gone, or a zombie awaiting reaping
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit(')').next().map(|r| r.trim().to_string()))
+                .is_some_and(|r| !r.starts_with('Z'))
+        };
+        let mut tries = 0;
+        while running() && tries < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tries += 1;
+        }
+        assert!(!running(), "pid {pid} still runs after its timeout");
         let e = h.run_with_stdin(&argv, b"x").await.unwrap_err();
         assert!(matches!(e, HostError::CommandTimeout { .. }), "{e}");
         // a command inside its own, longer limit finishes
