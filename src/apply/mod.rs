@@ -469,3 +469,71 @@ async fn renew_one(
     let _ = h.run(&lock::token_release_argv(cluster)).await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Action, ActionKind, Target};
+    use crate::transport::host::{AnyHost, LocalHost, RoundTrips};
+
+    fn spec() -> Spec {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lab.yaml");
+        let text = std::fs::read(&path).unwrap();
+        crate::spec::parse(&path, &text).unwrap()
+    }
+
+    fn one_action_plan() -> Plan {
+        let mut p = Plan::new("lab", String::new());
+        p.add(Action::new(
+            Target::Controller,
+            ActionKind::ForgetFence {
+                node: "node-a".into(),
+            },
+            "test".to_string(),
+        ));
+        p
+    }
+
+    fn conns() -> Connections {
+        let trips = RoundTrips::default();
+        Connections {
+            nodes: std::collections::BTreeMap::new(),
+            archive: None,
+            local: Host::new("controller", AnyHost::Local(LocalHost), &trips),
+            trips,
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_once_the_cluster_lock_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, c, p) = (spec(), conns(), one_action_plan());
+        // the lock held: the action runs
+        let mut j = Journal::open(dir.path(), "lab").unwrap();
+        let r = execute(
+            &s,
+            &c,
+            &p,
+            &mut j,
+            Limits::default(),
+            &AtomicBool::new(false),
+        )
+        .await;
+        assert!(r.ok(), "{}", r.text());
+        // lost (another controller took it over): not started, reported, nothing journaled
+        let before = Journal::read(dir.path(), "lab").len();
+        let mut j = Journal::open(dir.path(), "lab").unwrap();
+        let r = execute(
+            &s,
+            &c,
+            &p,
+            &mut j,
+            Limits::default(),
+            &AtomicBool::new(true),
+        )
+        .await;
+        assert!(!r.ok());
+        assert_eq!(r.root_causes().len(), 1, "{}", r.text());
+        assert_eq!(Journal::read(dir.path(), "lab").len(), before);
+    }
+}
