@@ -6,8 +6,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use spoolkeeper::spec::{
     self, Archive, ClusterName, ClusterSpec, DatasetPath, Document, Duration, Fencing, Instance,
-    InstanceName, Keep, Metadata, Name, Node, NodeName, PropertyValue, Replication, Runtime,
-    Snapshots, Ssh, Transport,
+    InstanceName, Keep, Metadata, Name, Node, NodeName, Notify, PropertyValue, Replication,
+    Runtime, Snapshots, Ssh, Transport,
 };
 
 fn name() -> impl Strategy<Value = String> {
@@ -221,6 +221,9 @@ fn document() -> impl Strategy<Value = Document> {
                             command: vec!["/sbin/fence".into(), "{node}".into(), "{host}".into()],
                         }),
                         fenced,
+                        notify: archive.then(|| Notify {
+                            command: vec!["/usr/local/bin/page".into(), "{cluster}".into()],
+                        }),
                     },
                 }
             },

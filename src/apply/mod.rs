@@ -8,6 +8,7 @@
 pub mod action;
 pub mod error;
 pub mod replay;
+pub mod run;
 pub mod walk;
 
 pub use error::ActionError;
@@ -100,6 +101,49 @@ impl Report {
     }
 }
 
+/// A request to stop, from signals: the first lets running actions finish and starts no
+/// new one (never the middle of a send, a rollback or a start); the second aborts the
+/// commands that run (the journal records them failed; the next run is safe).
+#[derive(Debug, Default)]
+pub struct Stop {
+    finishing: AtomicBool,
+    aborting: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// One more stop request (a signal): the first finishes, the second aborts.
+    pub fn request(&self) {
+        if self.finishing.swap(true, Ordering::SeqCst) {
+            self.aborting.store(true, Ordering::SeqCst);
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// No new work may start.
+    pub fn finishing(&self) -> bool {
+        self.finishing.load(Ordering::SeqCst)
+    }
+
+    /// Running commands are to be abandoned.
+    pub fn aborting(&self) -> bool {
+        self.aborting.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next request (or at once when `pred` already holds).
+    pub async fn until(&self, pred: impl Fn(&Stop) -> bool) {
+        loop {
+            let notified = self.wake.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if pred(self) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Run a plan. Blocked plans must not reach here (the caller checks).
 pub async fn execute(
     spec: &Spec,
@@ -108,6 +152,7 @@ pub async fn execute(
     journal: &mut Journal,
     limits: Limits,
     lock_lost: &AtomicBool,
+    stop: &Stop,
 ) -> Report {
     let mut walk = match walk::Walk::new(plan, limits) {
         Ok(w) => w,
@@ -141,7 +186,7 @@ pub async fn execute(
         // Start every ready action the limits allow, in plan order; none once the cluster
         // lock is lost (another controller took it over): what runs ends, the rest is
         // reported not run.
-        let startable = if lock_lost.load(Ordering::SeqCst) {
+        let startable = if lock_lost.load(Ordering::SeqCst) || stop.finishing() {
             Vec::new()
         } else {
             walk.startable()
@@ -169,7 +214,23 @@ pub async fn execute(
             }
             break;
         }
-        let Some((id, r)) = running.next().await else {
+        let next = tokio::select! {
+            n = running.next() => n,
+            _ = stop.until(Stop::aborting) => None,
+        };
+        let Some((id, r)) = next else {
+            if stop.aborting() {
+                // abandoned: the commands are killed as their futures drop
+                drop(running);
+                for id in walk.running() {
+                    let a = &plan.graph[id];
+                    let why = "aborted by a second stop signal while it ran".to_owned();
+                    let _ = journal.record(&a.id, Phase::Failed, Some(why.clone()));
+                    tracing::error!(action = %a.id, "aborted while running");
+                    walk.finish(id, Outcome::Failed(why.into()));
+                }
+                return walk.report();
+            }
             break;
         };
         let a = &plan.graph[id];
@@ -517,6 +578,7 @@ mod tests {
             &mut j,
             Limits::default(),
             &AtomicBool::new(false),
+            &Stop::default(),
         )
         .await;
         assert!(r.ok(), "{}", r.text());
@@ -530,6 +592,7 @@ mod tests {
             &mut j,
             Limits::default(),
             &AtomicBool::new(true),
+            &Stop::default(),
         )
         .await;
         assert!(!r.ok());

@@ -418,51 +418,9 @@ fn run_plan(args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
 }
 
 async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) -> u8 {
-    use crate::apply as ex;
-    use crate::plan::{self, render};
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(crate::state::journal::default_state_dir);
-    let mut ctx = crate::state::journal::context(&crate::state::journal::Journal::read(
-        &state_dir,
-        s.name.as_str(),
-    ));
-    let conns = crate::observe::connect(s).await;
-    let obs = crate::observe::observe(s, &conns).await;
-    if apply.is_some() && apply.is_some_and(|a| a.saved.is_none()) {
-        // A fenced node seen again proves nothing any more, whatever this run's plan is.
-        let seen = crate::state::journal::fences_seen_back(&ctx, &obs);
-        if !seen.is_empty() {
-            match crate::state::journal::Journal::open(&state_dir, s.name.as_str()) {
-                Ok(mut j) => {
-                    for a in &seen {
-                        if j.record_done(a).is_ok() {
-                            ctx.learn(a);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot journal the fences seen back"),
-            }
-        }
-    }
-    tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
-    let mut p = plan::plan(s, &obs, jiff::Timestamp::now(), &ctx);
-    if let Err(e) = p.order() {
-        eprintln!("{e}");
-        return 1;
-    }
+    use crate::apply::run;
     let saved = match apply.and_then(|a| a.saved.as_ref()) {
         Some(path) => match read_saved(path) {
-            Ok(sp) if sp.cluster != s.name.as_str() => {
-                eprintln!(
-                    "{}: the saved plan is for cluster {}, not {}",
-                    path.display(),
-                    sp.cluster,
-                    s.name
-                );
-                return 1;
-            }
             Ok(sp) => Some(sp),
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -471,120 +429,31 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
         },
         None => None,
     };
-    if let Some(sp) = &saved {
-        if sp.fingerprint != p.fingerprint {
-            eprintln!(
-                "stale plan: the hosts changed since it was made (plan {}, now {}); run `plan` again and review it",
-                sp.fingerprint, p.fingerprint
-            );
-            return 1;
-        }
-        match render::from_saved(sp, s) {
-            Ok(sp) => p = sp,
-            Err(e) => {
-                eprintln!("saved plan: {e}");
-                return 1;
-            }
-        }
-    }
-    if let Some(out) = &args.out {
-        let json = render::json(&p, Some(s));
-        if let Err(e) = std::fs::write(out, json) {
-            eprintln!("cannot write {}: {e}", out.display());
-            return 1;
-        }
-    }
-    let Some(apply) = apply else {
-        print!("{}", render(&p, s, args.output));
-        return if p.is_empty() { 0 } else { 2 };
+    let opts = run::Options {
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::state::journal::default_state_dir),
+        execute: apply.is_some(),
+        saved,
+        force_unlock: apply.is_some_and(|a| a.force_unlock),
+        limits: apply.map_or_else(crate::apply::Limits::default, |a| crate::apply::Limits {
+            global: a.parallelism,
+            per_host: a.per_host,
+        }),
+        out: args.out.clone(),
     };
-    if p.is_blocked() {
-        print!("{}", render(&p, s, args.output));
-        eprintln!(
-            "apply refused: {} safety rule(s) blocked the plan (see above)",
-            p.blocked.len()
-        );
-        return 3;
+    let format = args.output;
+    let mut show = |p: &crate::plan::Plan| print!("{}", render(p, s, format));
+    let stop = crate::apply::Stop::default();
+    let out = run::once(s, &opts, &stop, &mut show).await;
+    if let Some(r) = &out.report {
+        print!("{}", r.text());
     }
-    if p.graph.node_count() == 0 {
-        print!("{}", render(&p, s, args.output));
-        return 0;
+    for m in &out.messages {
+        eprintln!("{m}");
     }
-    // Changes: take the cluster lock (every reachable host), then look again under it.
-    let lock = match ex::ClusterLock::acquire(&conns, s, apply.force_unlock).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let code = lock
-        .hold_while(apply_locked(
-            s,
-            &conns,
-            p,
-            saved.is_some(),
-            &ctx,
-            apply,
-            &state_dir,
-            args.output,
-            lock.lost(),
-        ))
-        .await;
-    lock.release().await;
-    code
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_locked(
-    s: &spec::Spec,
-    conns: &crate::observe::Connections,
-    p: crate::plan::Plan,
-    from_saved: bool,
-    ctx: &crate::plan::Context,
-    apply: &ApplyArgs,
-    state_dir: &std::path::Path,
-    output: PlanFormat,
-    lost: &std::sync::atomic::AtomicBool,
-) -> u8 {
-    use crate::apply as ex;
-    use crate::plan;
-    use crate::state::journal::Journal;
-    let obs = crate::observe::observe(s, conns).await;
-    let fresh = plan::plan(s, &obs, jiff::Timestamp::now(), ctx);
-    if from_saved && fresh.is_blocked() {
-        // the safety rules are checked again now, under the lock, whatever the file says
-        print!("{}", render(&fresh, s, output));
-        eprintln!("apply --plan refused: a safety rule blocks the cluster now (see above)");
-        return 3;
-    }
-    let p = if fresh.fingerprint == p.fingerprint {
-        p
-    } else if from_saved {
-        eprintln!("stale plan: the hosts changed while taking the lock; run `plan` again");
-        return 1;
-    } else {
-        tracing::info!("the hosts changed while taking the lock: planning again");
-        fresh
-    };
-    print!("{}", render(&p, s, output));
-    if p.is_blocked() {
-        return 3;
-    }
-    let mut journal = match Journal::open(state_dir, s.name.as_str()) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("cannot open the journal under {}: {e}", state_dir.display());
-            return 1;
-        }
-    };
-    let limits = ex::Limits {
-        global: apply.parallelism,
-        per_host: apply.per_host,
-    };
-    let report = ex::execute(s, conns, &p, &mut journal, limits, lost).await;
-    print!("{}", report.text());
-    if report.ok() { 0 } else { 1 }
+    out.code
 }
 
 fn read_saved(path: &std::path::Path) -> Result<crate::plan::SavedPlan, String> {

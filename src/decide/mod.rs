@@ -3,8 +3,10 @@
 //! status report. Data in, decision out.
 
 pub mod archive;
+pub mod backoff;
 pub mod replication;
 pub mod restore;
 pub mod retention;
 pub mod rpo;
+pub mod schedule;
 pub mod status;

@@ -189,6 +189,10 @@ pub struct ClusterSpec {
     /// Nodes the operator attests are down and will not serve (manual fencing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fenced: Vec<NodeName>,
+    /// Where the controller reports events an operator must act on (the active node
+    /// unreachable, a blocked plan, a failing reconcile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -339,6 +343,15 @@ fn default_margin() -> Duration {
 pub struct Fencing {
     /// An argv run by the controller to fence a node; `{node}` is replaced by the node name
     /// and `{host}` by its SSH host in whole arguments. Never passed to a shell.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// An argv the controller runs for each event, with the event as one JSON object on its
+    /// stdin (`{cluster}` is replaced in whole arguments). Never passed to a shell; it has
+    /// 30 s to finish.
     pub command: Vec<String>,
 }
 

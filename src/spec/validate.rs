@@ -362,6 +362,14 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
             p,
         );
     }
+    if let Some(n) = &s.notify {
+        check_argv(
+            &n.command,
+            &["{cluster}"],
+            &["spec", "notify", "command"],
+            p,
+        );
+    }
     let mut seen = Vec::new();
     for (k, n) in s.fenced.iter().enumerate() {
         let ks = k.to_string();

@@ -613,6 +613,48 @@ impl Sim {
         exec::run(&mut self.w, spec, a, &mut self.txg, &mut self.violations)
     }
 
+    /// The controller's scheduler sleeps until `next_wake`: on a converged observation, the
+    /// plan must stay empty at every instant before it (else a due would be slept through).
+    fn schedule_never_late(
+        &mut self,
+        spec: &Spec,
+        obs: &spoolkeeper::model::Observation,
+        ctx: &spoolkeeper::plan::Context,
+    ) -> R<()> {
+        use spoolkeeper::decide::schedule::next_wake;
+        self.stats.checks += 1;
+        let now = self.w.now;
+        // a long resync, so that the analytic dues decide the wake, not the cap
+        let wake = next_wake(spec, obs, now, std::time::Duration::from_secs(14 * 86_400));
+        let span = wake.at.duration_since(now);
+        if span <= jiff::SignedDuration::ZERO {
+            return Ok(());
+        }
+        let mut probes = vec![wake.at - jiff::SignedDuration::from_secs(1)];
+        // its own stream: the probes do not change the seed's trajectory
+        let mut probe_rng = ChaCha8Rng::seed_from_u64(self.runs);
+        for _ in 0..2 {
+            let ns = probe_rng.random_range(0..span.as_nanos().max(1)) as i64;
+            probes.push(now + jiff::SignedDuration::from_nanos(ns));
+        }
+        for t in probes.into_iter().filter(|t| *t >= now && *t < wake.at) {
+            let p = plan::plan(spec, obs, t, ctx);
+            if p.graph.node_count() > 0 {
+                return Err(format!(
+                    "schedule_never_late: the scheduler sleeps until {} ({}), but at {t} the plan has {}",
+                    wake.at,
+                    wake.due,
+                    p.actions()
+                        .iter()
+                        .map(|a| a.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, faulty: bool) -> R<ApplyEnd> {
         self.stats.applies += 1;
         self.runs += 1;
@@ -640,6 +682,7 @@ impl Sim {
             return Ok(ApplyEnd::Blocked(why));
         }
         if plan.graph.node_count() == 0 {
+            self.schedule_never_late(&spec, &obs, &ctx)?;
             return Ok(ApplyEnd::Converged);
         }
         let limits = Limits {
