@@ -18,6 +18,7 @@ pub mod spec;
 // the imperative shell
 pub mod apply;
 pub mod cli;
+pub mod controller;
 pub mod observe;
 pub mod state;
 pub mod transport;

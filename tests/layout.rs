@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 /// The functional core: no I/O, no clock, no runtime, no shell module.
 const PURE: &[&str] = &["spec", "model", "adapters", "decide", "plan"];
 /// The imperative shell.
-const SHELL: &[&str] = &["transport", "observe", "apply", "state", "cli"];
+const SHELL: &[&str] = &[
+    "transport",
+    "observe",
+    "apply",
+    "state",
+    "controller",
+    "cli",
+];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

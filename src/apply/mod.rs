@@ -56,6 +56,18 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub outcomes: Vec<(String, Outcome)>,
+    /// How long each action that ran took (kind label, id, seconds, success), in the order
+    /// they ended.
+    pub timings: Vec<Timing>,
+}
+
+/// How long one action ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub id: String,
+    pub kind: &'static str,
+    pub seconds: f64,
+    pub ok: bool,
 }
 
 impl Report {
@@ -159,6 +171,7 @@ pub async fn execute(
         Err(e) => {
             return Report {
                 outcomes: vec![("plan".into(), Outcome::Failed(e.to_string().into()))],
+                timings: Vec::new(),
             };
         }
     };
@@ -171,6 +184,7 @@ pub async fn execute(
         .ok()
         .and_then(|v| v.parse().ok());
     let mut ended = 0usize;
+    let mut timings = Vec::new();
     loop {
         let mut progress = false;
         for (id, up) in walk.skip_upstream_failed() {
@@ -204,8 +218,9 @@ pub async fn execute(
                 let span = tracing::info_span!("action", id = %a.id, host = %a.host);
                 let _g = span.enter();
                 tracing::info!(summary = %a.kind.summary(), "start");
+                let began = std::time::Instant::now();
                 let r = action::run(spec, conns, a, state_dir).await;
-                (id, r)
+                (id, r, began.elapsed().as_secs_f64())
             });
         }
         if running.is_empty() {
@@ -218,7 +233,7 @@ pub async fn execute(
             n = running.next() => n,
             _ = stop.until(Stop::aborting) => None,
         };
-        let Some((id, r)) = next else {
+        let Some((id, r, seconds)) = next else {
             if stop.aborting() {
                 // abandoned: the commands are killed as their futures drop
                 drop(running);
@@ -229,12 +244,21 @@ pub async fn execute(
                     tracing::error!(action = %a.id, "aborted while running");
                     walk.finish(id, Outcome::Failed(why.into()));
                 }
-                return walk.report();
+                return Report {
+                    timings,
+                    ..walk.report()
+                };
             }
             break;
         };
         let a = &plan.graph[id];
         ended += 1;
+        timings.push(Timing {
+            id: a.id.clone(),
+            kind: a.kind.name(),
+            seconds,
+            ok: r.is_ok(),
+        });
         match r {
             Ok(()) => {
                 if let Err(e) = journal.record_done(a) {
@@ -261,7 +285,10 @@ pub async fn execute(
             std::process::abort();
         }
     }
-    walk.report()
+    Report {
+        timings,
+        ..walk.report()
+    }
 }
 
 /// Why the lock could not be taken.

@@ -180,6 +180,7 @@ impl<'p> Walk<'p> {
                     )
                 })
                 .collect(),
+            timings: Vec::new(),
         }
     }
 }

@@ -164,6 +164,33 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Run the reconcile loop until stopped: schedules, requeue with backoff, Prometheus
+    /// metrics. SIGTERM/SIGINT: running actions finish, locks are released, exit 0 (a second
+    /// signal aborts the running commands, exit 1); SIGHUP reloads the specs.
+    Controller {
+        /// A spec file, or a directory of *.yaml spec files (one cluster each).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9811).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Reconcile at least this often, due or not (and reread the specs).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        resync: std::time::Duration,
+        /// The delay after a first failed reconcile (doubles up to --backoff-cap).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        backoff_base: std::time::Duration,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        backoff_cap: std::time::Duration,
+        /// At most this many actions at once.
+        #[arg(long, default_value_t = 4)]
+        parallelism: usize,
+        /// At most this many actions at once on one host.
+        #[arg(long, default_value_t = 2)]
+        per_host: usize,
+    },
     /// Connect to every host and print the observed state. Exit 0 (unreachable hosts are
     /// reported, not fatal), 1 on a bad spec.
     Observe {
@@ -193,6 +220,29 @@ pub fn main() -> ExitCode {
             &state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
         ),
         Command::Check { file } => status::check_main(&file),
+        Command::Controller {
+            file,
+            metrics_addr,
+            state_dir,
+            resync,
+            backoff_base,
+            backoff_cap,
+            parallelism,
+            per_host,
+        } => controller(crate::controller::Options {
+            path: file,
+            metrics_addr,
+            state_dir: state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
+            resync: resync.max(std::time::Duration::from_secs(1)),
+            backoff: crate::decide::backoff::Policy {
+                base: backoff_base.max(std::time::Duration::from_millis(100)),
+                cap: backoff_cap.max(backoff_base),
+            },
+            limits: crate::apply::Limits {
+                global: parallelism,
+                per_host,
+            },
+        }),
         Command::ArchRestore {
             file,
             instance,
@@ -355,6 +405,11 @@ pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
             None
         }
     }
+}
+
+fn controller(opts: crate::controller::Options) -> u8 {
+    let Some(rt) = runtime() else { return 1 };
+    rt.block_on(crate::controller::run(opts))
 }
 
 fn observe(file: &std::path::Path, output: Output) -> u8 {

@@ -165,6 +165,55 @@ pub struct InstanceStatus {
     /// Held archive messages with a recipient at this instance's domains; `None` when the
     /// archive queue is not known (no archive, unreachable, not read).
     pub archive_held: Option<usize>,
+    /// Held copies of this instance's mail newer than what every replica holds; `None` when
+    /// the archive queue is not known.
+    pub mail_at_risk: Option<AtRisk>,
+}
+
+/// Mail accepted since the newest snapshot every replica holds: only the archive protects
+/// it (a failover now needs its replay). Arrivals are in the archive host's clock, snapshot
+/// times in the active node's; the window opens `archive.margin` early so that a clock offset
+/// within the margin never hides a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AtRisk {
+    pub messages: usize,
+    pub bytes: u64,
+    /// The creation of the newest snapshot every replica holds (`None`: some replica holds
+    /// nothing, so every held copy counts).
+    pub since: Option<Timestamp>,
+}
+
+fn at_risk(
+    s: &Spec,
+    replicas: &[ReplicaStatus],
+    held: Option<&[(Timestamp, u64)]>,
+) -> Option<AtRisk> {
+    let held = held?;
+    let margin = s
+        .spec
+        .archive
+        .as_ref()
+        .map_or(jiff::SignedDuration::ZERO, |a| a.margin.as_signed());
+    // the least advanced replica decides; one without a replicated snapshot means all
+    let since = replicas
+        .iter()
+        .map(|r| r.newest_replicated.as_ref().map(|b| b.creation))
+        .try_fold(None::<Timestamp>, |acc, b| {
+            b.map(|b| Some(acc.map_or(b, |a: Timestamp| a.min(b))))
+        })
+        .flatten();
+    let from = since.map(|t| t.checked_sub(margin).unwrap_or(Timestamp::MIN));
+    let (messages, bytes) = held
+        .iter()
+        .filter(|(arrival, _)| from.is_none_or(|f| *arrival >= f))
+        .fold((0usize, 0u64), |(n, b), (_, size)| {
+            (n + 1, b.saturating_add(*size))
+        });
+    Some(AtRisk {
+        messages,
+        bytes,
+        since,
+    })
 }
 
 /// The archive host.
@@ -412,7 +461,10 @@ fn replica_check(
 
 /// Held messages on the archive, counted per instance (a message counts for an instance
 /// when one of its recipients decodes to one of the instance's domains), plus the unmatched.
-fn archive_counts(s: &Spec, o: &Observation) -> Option<(usize, BTreeMap<String, usize>, usize)> {
+/// Held copies of one instance: (arrival on the archive host, bytes).
+type HeldOf = BTreeMap<String, Vec<(Timestamp, u64)>>;
+
+fn archive_counts(s: &Spec, o: &Observation) -> Option<(usize, HeldOf, usize)> {
     let a = s.spec.archive.as_ref()?;
     let ao = o.archive.as_ref()?;
     if !ao.reachability.is_reachable() {
@@ -430,7 +482,10 @@ fn archive_counts(s: &Spec, o: &Observation) -> Option<(usize, BTreeMap<String, 
             )
         })
         .collect();
-    let mut per: BTreeMap<String, usize> = domains.iter().map(|(n, _)| (n.clone(), 0)).collect();
+    let mut per: HeldOf = domains
+        .iter()
+        .map(|(n, _)| (n.clone(), Vec::new()))
+        .collect();
     let mut total = 0;
     let mut unmatched = 0;
     for m in pf.held() {
@@ -445,7 +500,9 @@ fn archive_counts(s: &Spec, o: &Observation) -> Option<(usize, BTreeMap<String, 
         for (name, ds) in &domains {
             if rcpt_domains.iter().any(|d| ds.contains(d)) {
                 matched = true;
-                *per.entry(name.clone()).or_default() += 1;
+                per.entry(name.clone())
+                    .or_default()
+                    .push((m.arrival_time, m.message_size));
             }
         }
         if !matched {
@@ -637,7 +694,7 @@ pub fn status(s: &Spec, o: &Observation, journal: &[Record], now: Timestamp) -> 
                     }
                 })
                 .collect();
-            let replicas = passives
+            let replicas: Vec<ReplicaStatus> = passives
                 .iter()
                 .map(|p| {
                     let label = rpo_label("", iname.as_str(), p, passives.len());
@@ -656,10 +713,13 @@ pub fn status(s: &Spec, o: &Observation, journal: &[Record], now: Timestamp) -> 
                 name: iname.to_string(),
                 domains: inst.domains.clone(),
                 nodes: per_node,
-                replicas,
                 archive_held: counts
                     .as_ref()
-                    .and_then(|(_, per, _)| per.get(iname.as_str()).copied()),
+                    .and_then(|(_, per, _)| per.get(iname.as_str()).map(Vec::len)),
+                mail_at_risk: counts.as_ref().and_then(|(_, per, _)| {
+                    at_risk(s, &replicas, per.get(iname.as_str()).map(Vec::as_slice))
+                }),
+                replicas,
             }
         })
         .collect();
@@ -824,6 +884,7 @@ pub fn text(st: &Status) -> String {
             "AGE (RPO)",
             "STATE",
             "ARCHIVE HELD",
+            "AT RISK",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -840,6 +901,9 @@ pub fn text(st: &Status) -> String {
                 r.age_seconds.map_or("-".to_owned(), age_text),
                 r.state.to_string(),
                 i.archive_held.map_or("?".to_owned(), |n| n.to_string()),
+                i.mail_at_risk.map_or("?".to_owned(), |r| {
+                    format!("{} msg, {} B", r.messages, r.bytes)
+                }),
             ]);
         }
     }

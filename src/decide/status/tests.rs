@@ -696,3 +696,48 @@ fn status_json_is_stable() {
         "{t}"
     );
 }
+
+#[test]
+fn mail_at_risk_is_what_arrived_since_the_least_advanced_replica() {
+    // students: replica holds the snapshot 20 minutes old (sk_1), not the 2-minute one
+    let students = world(&[30, 20, 2], Some(&[0, 1]));
+    let at = |min: i64, id: &str, size: u64| QueueEntry {
+        arrival_time: now() - jiff::SignedDuration::from_secs(min * 60),
+        message_size: size,
+        ..held(id, "hold", &["alice=students.lab@archive.lab"])
+    };
+    let margin = lab().spec.archive.unwrap().margin.as_signed();
+    assert!(margin < jiff::SignedDuration::from_secs(20 * 60));
+    let queue = vec![
+        at(20 + 20, "OLD", 1_000), // before the replicated snapshot: in the replica
+        at(10, "NEW1", 300),       // after it: only the archive has it
+        at(1, "NEW2", 200),        // after it, and after the newest snapshot too
+        QueueEntry {
+            // within the margin before it: counted (a clock offset could hide it)
+            arrival_time: snap("x", 0, 20).creation - margin / 2,
+            ..at(0, "EDGE", 7)
+        },
+    ];
+    let st = status(&lab(), &observation(students, fresh(), queue), &[], now());
+    let risk = st.instances.iter().find(|i| i.name == "students").unwrap();
+    let r = risk.mail_at_risk.unwrap();
+    assert_eq!((r.messages, r.bytes), (3, 507), "{r:?}");
+    assert_eq!(r.since, Some(snap("x", 0, 20).creation));
+    // staff: nothing held for it
+    let staff = st.instances.iter().find(|i| i.name == "staff").unwrap();
+    assert_eq!(staff.mail_at_risk.map(|r| r.messages), Some(0));
+    // a replica that holds nothing: every held copy is at risk
+    let st = status(
+        &lab(),
+        &observation(world(&[30], None), fresh(), vec![at(40, "OLD", 1_000)]),
+        &[],
+        now(),
+    );
+    let r = st.instances[1].mail_at_risk.unwrap();
+    assert_eq!(
+        (r.messages, r.since),
+        (1, None),
+        "{:?}",
+        st.instances[1].name
+    );
+}
