@@ -35,32 +35,60 @@ fn exit_error(host: &Host, argv: &[String], out: &Output) -> ActionError {
 
 /// Run one action: its commands (from the dispatcher) on its host, or the I/O of the actions
 /// that are more than a list of commands (a relayed send, a guid check, a replay, a wait).
+/// For a replication: the bytes of the stream sent.
 pub async fn run(
     spec: &Spec,
     conns: &Connections,
     a: &Action,
     state_dir: &std::path::Path,
-) -> Result<(), ActionError> {
-    if let ActionKind::Replicate {
-        source,
-        target,
-        relay: true,
-        ..
-    } = &a.kind
-    {
-        let cmds = commands(spec, a).map_err(ActionError::Spec)?;
-        let (send, recv) = match cmds.as_slice() {
-            [s, r] => (s, r),
-            _ => return Err("relay replication needs a send and a receive".into()),
-        };
-        return relay(
-            host_of(conns, &Target::Node(source.clone()))?,
-            host_of(conns, &Target::Node(target.clone()))?,
-            send,
-            recv,
-        )
-        .await;
+) -> Result<Option<u64>, ActionError> {
+    match &a.kind {
+        ActionKind::Replicate {
+            source,
+            target,
+            relay: true,
+            ..
+        } => {
+            let cmds = commands(spec, a).map_err(ActionError::Spec)?;
+            let (send, recv) = match cmds.as_slice() {
+                [s, r] => (s, r),
+                _ => return Err("relay replication needs a send and a receive".into()),
+            };
+            relay(
+                host_of(conns, &Target::Node(source.clone()))?,
+                host_of(conns, &Target::Node(target.clone()))?,
+                send,
+                recv,
+            )
+            .await
+            .map(Some)
+        }
+        ActionKind::Replicate { relay: false, .. } => {
+            // one pipeline on the source; its counter reports the stream's size on stderr
+            let host = host_of(conns, &a.host)?;
+            let mut bytes = None;
+            for argv in commands(spec, a).map_err(ActionError::Spec)? {
+                let out = host
+                    .run_timeout(&argv, dispatch::timeout_of(&a.kind))
+                    .await
+                    .map_err(|e| ActionError::transport(host.label(), &e))?;
+                if !out.success() {
+                    return Err(exit_error(host, &argv, &out));
+                }
+                bytes = crate::adapters::zfs::parse_stream_bytes(&out.stderr_text());
+            }
+            Ok(bytes)
+        }
+        _ => run_commands(spec, conns, a, state_dir).await.map(|()| None),
     }
+}
+
+async fn run_commands(
+    spec: &Spec,
+    conns: &Connections,
+    a: &Action,
+    state_dir: &std::path::Path,
+) -> Result<(), ActionError> {
     if let ActionKind::VerifyGuid { source, target, .. } = &a.kind {
         let cmds = commands(spec, a).map_err(ActionError::Spec)?;
         let mut guids = Vec::new();
@@ -186,7 +214,7 @@ async fn relay(
     dst: &Host,
     send: &[String],
     recv: &[String],
-) -> Result<(), ActionError> {
+) -> Result<u64, ActionError> {
     let mut sender = src
         .spawn(send)
         .await
@@ -226,7 +254,7 @@ async fn relay(
         return Err(exit_error(src, send, &sent));
     }
     tracing::info!(bytes, "relayed");
-    Ok(())
+    Ok(bytes)
 }
 
 #[cfg(test)]

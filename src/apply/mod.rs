@@ -68,6 +68,8 @@ pub struct Timing {
     pub kind: &'static str,
     pub seconds: f64,
     pub ok: bool,
+    /// For a replication: the bytes of the stream.
+    pub bytes: Option<u64>,
 }
 
 impl Report {
@@ -258,9 +260,10 @@ pub async fn execute(
             kind: a.kind.name(),
             seconds,
             ok: r.is_ok(),
+            bytes: r.as_ref().ok().copied().flatten(),
         });
         match r {
-            Ok(()) => {
+            Ok(_) => {
                 if let Err(e) = journal.record_done(a) {
                     // The step happened; only its record is missing. Later plans re-derive
                     // what they can from the hosts (holds and fences are idempotent).

@@ -26,6 +26,9 @@ pub struct Turn {
     pub wake: Option<Wake>,
     /// What the operator is told.
     pub alerts: super::notify::Alerts,
+    /// Some host of the spec did not answer: the cluster is not converged whatever the plan
+    /// did, so the loop backs off (and retries sooner than the resync) until it answers.
+    pub degraded: Option<String>,
 }
 
 /// Why the loop sleeps as long as it does.
@@ -49,36 +52,48 @@ pub fn next_after(
         after,
         why: why.to_owned(),
     };
-    match turn.ended {
-        Ended::Converged => {
-            backoff.success();
-            match &turn.wake {
-                Some(w) => {
-                    let d = w.at.duration_since(now);
-                    let after = Duration::try_from(d).unwrap_or(Duration::ZERO).min(resync);
-                    let why = if after == resync {
-                        "resync"
-                    } else {
-                        w.due.kind()
-                    };
-                    next(after, why)
+    // the schedule's own delay: the due of a converged observation, or a quick look again
+    // after changes (the next turn confirms convergence and reads the schedule)
+    let scheduled = match (turn.ended, &turn.wake) {
+        (Ended::Converged, Some(w)) => {
+            let d = w.at.duration_since(now);
+            let after = Duration::try_from(d).unwrap_or(Duration::ZERO).min(resync);
+            let why = if after == resync {
+                "resync"
+            } else {
+                w.due.kind()
+            };
+            Some(next(after, why))
+        }
+        (Ended::Converged, None) => Some(next(resync, "resync")),
+        (Ended::Changed, _) => Some(next(Duration::from_secs(1), "verify")),
+        _ => None,
+    };
+    match (turn.ended, scheduled) {
+        (Ended::Converged | Ended::Changed, Some(sched)) => {
+            if turn.degraded.is_some() {
+                // a host is missing: retry with backoff, never later than the schedule
+                let b = backoff.failure(jitter);
+                if b < sched.after {
+                    next(b, "backoff")
+                } else {
+                    sched
                 }
-                None => next(resync, "resync"),
+            } else {
+                backoff.success();
+                sched
             }
         }
-        // look again soon: the next turn confirms convergence and reads the schedule
-        Ended::Changed => {
-            backoff.success();
-            next(Duration::from_secs(1), "verify")
-        }
         // reported; re-evaluated on the resync or a spec change, never in a tight loop
-        Ended::Blocked => next(resync, "blocked"),
+        (Ended::Blocked, _) => next(resync, "blocked"),
         // another apply or controller works on the cluster: look again shortly
-        Ended::LockBusy => next(
+        (Ended::LockBusy, _) => next(
             Duration::from_secs(5) + Duration::from_secs(5).mul_f64(jitter.clamp(0.0, 1.0)),
             "lock_busy",
         ),
-        Ended::Failed => next(backoff.failure(jitter), "backoff"),
+        (Ended::Failed | Ended::Converged | Ended::Changed, _) => {
+            next(backoff.failure(jitter), "backoff")
+        }
     }
 }
 
@@ -147,11 +162,7 @@ pub async fn run(shared: Arc<Shared>, spec: tokio::sync::watch::Receiver<Arc<Spe
             let m = &shared.metrics;
             m.backoff_seconds
                 .get_or_create(&labels(c, &[]))
-                .set(if next.why == "backoff" {
-                    next.after.as_secs_f64()
-                } else {
-                    0.0
-                });
+                .set(backoff.current().as_secs_f64());
             m.consecutive_failures
                 .get_or_create(&labels(c, &[]))
                 .set(i64::from(backoff.failures()));
@@ -159,7 +170,7 @@ pub async fn run(shared: Arc<Shared>, spec: tokio::sync::watch::Receiver<Arc<Spe
                 .checked_add(jiff::SignedDuration::try_from(next.after).unwrap_or_default())
                 .unwrap_or(Timestamp::MAX);
             m.next_reconcile.get_or_create(&labels(c, &[])).set(at.as_millisecond() as f64 / 1000.0);
-            tracing::info!(cluster = %c, result = ?turn.ended, next_in = ?next.after, why = %next.why, "reconcile done");
+            tracing::info!(cluster = %c, result = ?turn.ended, degraded = ?turn.degraded, next_in = ?next.after, why = %next.why, "reconcile done");
             notified.update(&shared, s, &turn.alerts);
         },
     )
@@ -234,11 +245,17 @@ async fn turn(shared: &Shared, s: &Spec) -> Turn {
                 ))
                 .observe(t.seconds);
         }
-        if let (Some(p), Some(obs)) = (&out.plan, &out.observation) {
-            for (id, bytes, instance, to) in replicated_bytes(s, p, obs, r) {
-                tracing::debug!(action = %id, bytes, "replicated");
+        if let Some(p) = &out.plan {
+            for t in r.timings.iter().filter(|t| t.ok) {
+                let Some(bytes) = t.bytes else { continue };
+                let Some(crate::plan::ActionKind::Replicate {
+                    instance, target, ..
+                }) = p.actions().iter().find(|a| a.id == t.id).map(|a| &a.kind)
+                else {
+                    continue;
+                };
                 m.replication_bytes
-                    .get_or_create(&labels(c, &[("instance", &instance), ("node", &to)]))
+                    .get_or_create(&labels(c, &[("instance", instance), ("node", target)]))
                     .inc_by(bytes);
             }
         }
@@ -281,68 +298,30 @@ async fn turn(shared: &Shared, s: &Spec) -> Turn {
         let ctx = journal::context(&records);
         alerts = super::notify::alerts(s, obs, &ctx, &rules, error, now);
     }
+    let degraded = out.observation.as_ref().and_then(|o| {
+        let mut down: Vec<&str> = o
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.reachability.is_reachable())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if o.archive
+            .as_ref()
+            .is_some_and(|a| !a.reachability.is_reachable())
+        {
+            down.push("archive");
+        }
+        (!down.is_empty()).then(|| format!("unreachable: {}", down.join(", ")))
+    });
+    if let Some(d) = &degraded {
+        tracing::warn!(cluster = %c, "{d}: retrying with backoff");
+    }
     Turn {
         ended: out.ended,
         wake,
         alerts,
+        degraded,
     }
-}
-
-/// The replications of a run that completed, with the bytes their snapshots added (the
-/// `written` property of each sent snapshot, as the source lists it).
-fn replicated_bytes(
-    s: &Spec,
-    p: &crate::plan::Plan,
-    obs: &crate::model::Observation,
-    r: &crate::apply::Report,
-) -> Vec<(String, u64, String, String)> {
-    let _ = s;
-    let mut out = Vec::new();
-    for a in p.actions() {
-        let crate::plan::ActionKind::Replicate {
-            instance,
-            source,
-            source_dataset,
-            target,
-            base,
-            to,
-            ..
-        } = &a.kind
-        else {
-            continue;
-        };
-        if !r
-            .outcomes
-            .iter()
-            .any(|(id, o)| *id == a.id && *o == crate::apply::Outcome::Done)
-        {
-            continue;
-        }
-        let Some(d) = obs
-            .nodes
-            .get(source)
-            .and_then(|n| n.dataset(source_dataset))
-        else {
-            continue;
-        };
-        let mut sorted: Vec<&crate::model::Snapshot> = d.snapshots.iter().collect();
-        sorted.sort_by(|x, y| crate::decide::retention::age_order(x, y));
-        let from = base
-            .as_ref()
-            .and_then(|b| sorted.iter().position(|x| x.name == *b))
-            .map_or(0, |i| i + 1);
-        let Some(upto) = sorted.iter().position(|x| x.name == *to) else {
-            continue;
-        };
-        let bytes: u64 = sorted
-            .get(from..=upto)
-            .unwrap_or_default()
-            .iter()
-            .map(|x| x.written.unwrap_or(x.used))
-            .sum();
-        out.push((a.id.clone(), bytes, instance.clone(), target.clone()));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -423,6 +402,7 @@ mod tests {
                         ended: Ended::Converged,
                         wake: None,
                         alerts: Default::default(),
+                        degraded: None,
                     })
                 }
             },
@@ -442,6 +422,7 @@ mod tests {
             ended,
             wake: None,
             alerts: Default::default(),
+            degraded: None,
         }
     }
 
@@ -492,6 +473,7 @@ mod tests {
                 },
             }),
             alerts: Default::default(),
+            degraded: None,
         };
         // call 1 at 0 s: due at 40 s; call 2 at 40 s: due at 10000 s → capped by the
         // resync (120 s); call 3 at 160: blocked → the resync; call 4 at 280: lock busy
@@ -528,5 +510,40 @@ mod tests {
         // failed at 0 (3 s), failed at 3 (6 s), blocked at 9: resync would be 609, but the
         // edit 3 s later wakes it at 12
         assert_eq!(calls, vec![0, 3, 9, 12]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_host_backs_off_but_never_past_the_schedule() {
+        use Ended::*;
+        let degraded = |due_in: i64| Turn {
+            ended: Converged,
+            wake: Some(Wake {
+                at: "2026-12-02T12:00:00Z"
+                    .parse::<Timestamp>()
+                    .unwrap()
+                    .checked_add(jiff::SignedDuration::from_secs(due_in))
+                    .unwrap(),
+                due: Due::Resync,
+            }),
+            alerts: Default::default(),
+            degraded: Some("unreachable: node-b".into()),
+        };
+        let p = Policy {
+            base: Duration::from_secs(4),
+            cap: Duration::from_secs(60),
+        };
+        // due far away: the backoff decides (3, 6, 12 s); due at 25 s: the schedule wins over
+        // a 24 s backoff only when it is sooner; then healed: back to the schedule, reset
+        let turns = vec![
+            degraded(1_000),
+            degraded(1_000),
+            degraded(1_000),
+            degraded(25),
+            t(Failed),
+        ];
+        let (calls, nexts) = script(turns, p, Duration::from_secs(600), None).await;
+        assert_eq!(calls, vec![0, 3, 9, 21, 25], "{nexts:?}");
+        let why: Vec<&str> = nexts.iter().map(|n| n.why.as_str()).collect();
+        assert_eq!(why[..4], ["backoff", "backoff", "backoff", "resync"]);
     }
 }

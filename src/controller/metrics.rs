@@ -129,7 +129,7 @@ impl Metrics {
         );
         r.register(
             "replication_bytes",
-            "Bytes sent by completed replications (the stream size ZFS estimated before the send)",
+            "Bytes of the streams of completed replications (counted on the way)",
             m.replication_bytes.clone(),
         );
         r.register(

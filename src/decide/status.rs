@@ -245,7 +245,7 @@ pub enum ApplyOutcome {
 pub struct LastApply {
     /// The newest journal record's time.
     pub at: Timestamp,
-    /// The run id (controller start time and pid).
+    /// The run id (start time, pid and a counter of the process).
     pub run: String,
     pub outcome: ApplyOutcome,
     pub done: usize,

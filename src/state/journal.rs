@@ -28,7 +28,14 @@ impl Journal {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("journal.jsonl");
         let file = open_append(&path)?;
-        let run = format!("{}-{}", Timestamp::now().as_second(), std::process::id());
+        // unique per open, also for a controller that applies twice within a second
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run = format!(
+            "{}-{}-{n}",
+            Timestamp::now().as_second(),
+            std::process::id()
+        );
         Ok(Journal {
             state_dir: state_dir.to_owned(),
             path,

@@ -3,7 +3,8 @@
 //! Lab up → validate → plan → apply (datasets, snapshots, replication, archive BCC) → mail
 //! flows and is read back → a switchover (one-line edit: active: node-b) → a power loss of
 //! the active node and a fenced failover back to node-a (arch-restore replays what the
-//! replica lacked) → the old node boots and is resynced → status → lab down.
+//! replica lacked) → the old node boots and is resynced → status → the controller on
+//! second-scale schedules, its metrics, a clean stop → lab down.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -273,5 +274,96 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
         &[0, 1, 2, 3],
         "check",
     )?;
+    controller(bin, Path::new(back), st)
+}
+
+/// `GET path` on the controller's metrics server; the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// Step 9, the controller: the same cluster reconciled on second-scale schedules while
+/// mail flows, its metrics scraped, then a clean stop.
+fn controller(bin: &Path, spec: &Path, st: &Path) -> Result<(), String> {
+    step(
+        "9. the controller: schedules (snapshots every 15s, replication every 30s), metrics, clean stop",
+    );
+    let text = std::fs::read_to_string(spec).map_err(|e| e.to_string())?;
+    let fast = text
+        .replace("    every: 1m\n    keep:", "    every: 15s\n    keep:")
+        .replace("    every: 1m\n    rpo: 10m", "    every: 30s\n    rpo: 2m")
+        .replace("    margin: 1m", "    margin: 5s");
+    let dir = st.join("clusters");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("lab.yaml"), fast).map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
+    let addr = format!("127.0.0.1:{port}");
+    eprintln!(
+        "$ spoolkeeper controller -f {} --metrics-addr {addr} --resync 30s",
+        dir.display()
+    );
+    let log = st.join("controller.log");
+    let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let mut child = Command::new(bin)
+        .args(["-v", "controller", "-f"])
+        .arg(&dir)
+        .args(["--metrics-addr", &addr, "--resync", "30s"])
+        .env("SPOOLKEEPER_STATE_DIR", st)
+        .stderr(logf)
+        .spawn()
+        .map_err(|e| format!("cannot start the controller: {e}"))?;
+    let t = Instant::now();
+    let sent = send(Instance::Students, "carol@students.lab", 30)?;
+    eprintln!(
+        "  {} messages accepted while the controller runs",
+        sent.len()
+    );
+    std::thread::sleep(Duration::from_secs(40).saturating_sub(t.elapsed()));
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    eprintln!(
+        "$ curl -s http://{addr}/metrics | grep -E 'reconciles|rpo_age|at_risk|archive_held|reachable|next_reconcile'"
+    );
+    for l in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && [
+                "reconciles_total",
+                "rpo_age_seconds",
+                "mail_at_risk_messages",
+                "archive_held",
+                "node_reachable",
+                "next_reconcile",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("  {l}");
+    }
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let code = child.wait().map_err(|e| e.to_string())?.code();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let turns = text.matches("reconcile done").count();
+    let snapshots = text.matches("snapshot zdata/imap/").count();
+    eprintln!(
+        "  {turns} reconciles in {:.0?} ({snapshots} snapshot steps started), SIGTERM: exit {code:?} (log: {})",
+        t.elapsed(),
+        log.display()
+    );
+    read_back(Instance::Students, "carol@students.lab", &sent)?;
+    if code != Some(0) || !metrics.contains("spoolkeeper_reconciles_total") {
+        return Err(format!(
+            "the controller did not run as it should (exit {code:?}); see {}",
+            log.display()
+        ));
+    }
     Ok(())
 }
