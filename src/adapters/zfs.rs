@@ -970,15 +970,21 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
 /// Every argument is quoted; the receive's exit status is the pipeline's (a failed or
 /// truncated send makes the receive fail).
 ///
-/// A `dd bs=1M` between them counts the stream: its closing summary on stderr (`N bytes …`
-/// on GNU and BSD `dd`) is the size sent ([`parse_stream_bytes`]); it copies what it reads
-/// unchanged (no `conv`), a partial read of the pipe included.
+/// A `dd bs=1M status=progress` between them counts the stream: its progress lines (every
+/// second) and its closing summary (`N bytes …` on GNU and FreeBSD ≥ 12 `dd`) give the bytes
+/// sent ([`parse_stream_bytes`]); it copies what it reads unchanged (no `conv`), a partial
+/// read of the pipe included. The pipeline's stderr goes to its stdout (`2>&1`), so that the
+/// controller reads the progress while the stream runs.
 pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
     let q = |v: &[String]| crate::adapters::shell::remote_command_line(v);
     vec![
         "sh".into(),
         "-c".into(),
-        format!("{} | dd bs=1M | {}", q(send), q(ssh)),
+        format!(
+            "{{ {} | dd bs=1M status=progress | {}; }} 2>&1",
+            q(send),
+            q(ssh)
+        ),
     ]
 }
 
@@ -986,7 +992,8 @@ pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
 /// (GNU: `137 bytes copied, …` or `137 bytes (137 B) copied, …`; BSD: `137 bytes
 /// transferred in …`).
 pub fn parse_stream_bytes(stderr: &str) -> Option<u64> {
-    stderr.lines().rev().find_map(|l| {
+    // progress lines end with `\r`, the summary with `\n`
+    stderr.split(['\n', '\r']).rev().find_map(|l| {
         let (n, rest) = l.trim().split_once(' ')?;
         rest.starts_with("bytes").then(|| n.parse().ok()).flatten()
     })
@@ -1007,6 +1014,9 @@ mod tests {
         let bsd = "0+13 records in\n0+13 records out\n52224 bytes transferred in 0.015298 secs (3413778 bytes/sec)\n";
         assert_eq!(parse_stream_bytes(bsd), Some(52_224));
         assert_eq!(parse_stream_bytes("cannot receive: failed\n"), None);
+        // GNU `status=progress`: a line rewritten with `\r` every second
+        let progress = "1048576 bytes (1.0 MB, 1.0 MiB) copied, 1 s, 1.0 MB/s\r3145728 bytes (3.1 MB, 3.0 MiB) copied, 2 s, 1.5 MB/s\r";
+        assert_eq!(parse_stream_bytes(progress), Some(3_145_728));
         assert_eq!(parse_stream_bytes(""), None);
     }
 

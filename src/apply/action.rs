@@ -64,18 +64,20 @@ pub async fn run(
             .map(Some)
         }
         ActionKind::Replicate { relay: false, .. } => {
-            // one pipeline on the source; its counter reports the stream's size on stderr
+            // one pipeline on the source, its progress streamed back on its stdout
             let host = host_of(conns, &a.host)?;
             let mut bytes = None;
             for argv in commands(spec, a).map_err(ActionError::Spec)? {
-                let out = host
-                    .run_timeout(&argv, dispatch::timeout_of(&a.kind))
-                    .await
-                    .map_err(|e| ActionError::transport(host.label(), &e))?;
-                if !out.success() {
-                    return Err(exit_error(host, &argv, &out));
-                }
-                bytes = crate::adapters::zfs::parse_stream_bytes(&out.stderr_text());
+                let limit = dispatch::timeout_of(&a.kind);
+                bytes = match tokio::time::timeout(limit, direct_send(host, &a.id, &argv)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(ActionError::transport(
+                            host.label(),
+                            &host.timed_out(&argv, limit),
+                        ));
+                    }
+                };
             }
             Ok(bytes)
         }
@@ -206,6 +208,78 @@ async fn wait_delivered(
     }
 }
 
+/// `tokio::io::copy` that reports the bytes to `apply::progress` under `id`.
+async fn copy_counting(
+    from: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
+    id: &str,
+) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _g = super::progress::Guard(id.to_owned());
+    super::progress::begin(id);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        super::progress::update(id, total);
+    }
+}
+
+/// The direct send: the pipeline's merged output is read as it comes, each progress line
+/// reported to `apply::progress`; the last 8 KiB are kept for the error message.
+async fn direct_send(host: &Host, id: &str, argv: &[String]) -> Result<Option<u64>, ActionError> {
+    use tokio::io::AsyncReadExt;
+    let _g = super::progress::Guard(id.to_owned());
+    super::progress::begin(id);
+    let mut child = host
+        .spawn(argv)
+        .await
+        .map_err(|e| ActionError::transport(host.label(), &e))?;
+    drop(std::mem::replace(
+        &mut child.stdin,
+        Box::pin(tokio::io::sink()),
+    ));
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match child.stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        tail.extend_from_slice(&buf[..n]);
+        if let Some(b) =
+            crate::adapters::zfs::parse_stream_bytes(&String::from_utf8_lossy(&buf[..n]))
+        {
+            super::progress::update(id, b);
+        }
+        if tail.len() > 8192 {
+            tail.drain(..tail.len() - 8192);
+        }
+    }
+    let mut out = child
+        .wait()
+        .await
+        .map_err(|e| ActionError::transport(host.label(), &e))?;
+    let text = String::from_utf8_lossy(&tail).into_owned();
+    if !out.success() {
+        // what the pipeline said, without dd's counters
+        out.stderr = text
+            .split(['\n', '\r'])
+            .filter(|l| !l.is_empty() && crate::adapters::zfs::parse_stream_bytes(l).is_none())
+            .filter(|l| !l.contains("records in") && !l.contains("records out"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes();
+        return Err(exit_error(host, argv, &out));
+    }
+    Ok(crate::adapters::zfs::parse_stream_bytes(&text))
+}
+
 /// The relay transport: `zfs send` on the source, `zfs receive` on the target, the stream
 /// copied through the controller. The receive's status decides; a failed send makes the
 /// receive see a truncated stream and fail.
@@ -223,7 +297,8 @@ async fn relay(
         .spawn(recv)
         .await
         .map_err(|e| ActionError::transport(dst.label(), &e))?;
-    let copied = tokio::io::copy(&mut sender.stdout, &mut receiver.stdin).await;
+    let id = format!("{} -> {}", src.label(), dst.label());
+    let copied = copy_counting(&mut sender.stdout, &mut receiver.stdin, &id).await;
     // Close the receive's stdin (drop it: a tokio pipe's shutdown does not close it) so it
     // sees the end of the stream.
     let _ = tokio::io::AsyncWriteExt::flush(&mut receiver.stdin).await;

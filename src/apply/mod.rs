@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod error;
+pub mod progress;
 pub mod replay;
 pub mod run;
 pub mod walk;
@@ -628,5 +629,88 @@ mod tests {
         assert!(!r.ok());
         assert_eq!(r.root_causes().len(), 1, "{}", r.text());
         assert_eq!(Journal::read(dir.path(), "lab").len(), before);
+    }
+
+    fn fence_plan(command: &[&str]) -> (Spec, Plan) {
+        let mut s = spec();
+        s.spec.fencing = Some(crate::spec::Fencing {
+            command: command.iter().map(|a| a.to_string()).collect(),
+        });
+        let mut p = Plan::new("lab", String::new());
+        let fence = p.add(Action::new(
+            Target::Controller,
+            ActionKind::Fence {
+                node: "node-a".into(),
+            },
+            "test".to_string(),
+        ));
+        let after = p.add(Action::new(
+            Target::Controller,
+            ActionKind::ForgetFence {
+                node: "node-b".into(),
+            },
+            "test".to_string(),
+        ));
+        p.edge(fence, after);
+        (s, p)
+    }
+
+    #[tokio::test]
+    async fn a_stop_lets_the_running_action_finish_and_starts_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, p) = fence_plan(&["sleep", "1"]);
+        let c = conns();
+        let stop = Stop::default();
+        let mut j = Journal::open(dir.path(), "lab").unwrap();
+        let lost = AtomicBool::new(false);
+        let (r, ()) = tokio::join!(
+            execute(&s, &c, &p, &mut j, Limits::default(), &lost, &stop),
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                stop.request();
+            }
+        );
+        assert_eq!(r.outcomes[0].1, Outcome::Done, "{}", r.text());
+        assert_eq!(
+            r.outcomes[1].1,
+            Outcome::Failed("not run".into()),
+            "{}",
+            r.text()
+        );
+        let recs = Journal::read(dir.path(), "lab");
+        assert!(recs.iter().all(|x| !x.action.contains("forget_fence")));
+    }
+
+    #[tokio::test]
+    async fn a_second_stop_abandons_the_running_command_and_journals_it_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, p) = fence_plan(&["sleep", "600"]);
+        let c = conns();
+        let stop = Stop::default();
+        let mut j = Journal::open(dir.path(), "lab").unwrap();
+        let lost = AtomicBool::new(false);
+        let (r, ()) = tokio::join!(
+            execute(&s, &c, &p, &mut j, Limits::default(), &lost, &stop),
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                stop.request();
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                stop.request();
+            }
+        );
+        // had it waited for `sleep 600`, the fence would be done
+        let Outcome::Failed(e) = &r.outcomes[0].1 else {
+            panic!("{}", r.text())
+        };
+        assert!(e.to_string().contains("aborted"), "{e}");
+        let last = Journal::read(dir.path(), "lab").pop().unwrap();
+        assert_eq!(last.phase, Phase::Failed);
+        assert!(last.detail.unwrap_or_default().contains("aborted"));
+        // the killed command is gone (kill_on_drop): no `sleep 600` child left
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "-P", &std::process::id().to_string(), "sleep 600"])
+            .output()
+            .unwrap();
+        assert!(!ps.status.success(), "the abandoned command still runs");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod arch_restore;
 pub mod load;
+pub mod progress;
 pub mod status;
 pub mod summary;
 
@@ -501,7 +502,11 @@ async fn plan_one(s: &spec::Spec, args: &PlanArgs, apply: Option<&ApplyArgs>) ->
     let format = args.output;
     let mut show = |p: &crate::plan::Plan| print!("{}", render(p, s, format));
     let stop = crate::apply::Stop::default();
+    let bars = apply.and_then(|_| progress::bars());
     let out = run::once(s, &opts, &stop, &mut show).await;
+    if let Some(b) = bars {
+        b.abort();
+    }
     if let Some(r) = &out.report {
         print!("{}", r.text());
     }

@@ -194,7 +194,7 @@ impl Metrics {
         );
         r.register(
             "send_progress_bytes",
-            "Bytes of the replication stream sent so far, while a relayed send runs",
+            "Bytes of a replication stream sent so far, while it runs (label action)",
             m.send_progress_bytes.clone(),
         );
         Metrics { registry: r, ..m }
@@ -202,6 +202,13 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        // sends in flight, as of now
+        self.send_progress_bytes.clear();
+        for s in crate::apply::progress::in_flight() {
+            self.send_progress_bytes
+                .get_or_create(&labels(&[("action", &s.action)]))
+                .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

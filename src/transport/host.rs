@@ -407,7 +407,7 @@ impl Host {
         self.timeout
     }
 
-    fn timed_out(&self, argv: &[String], after: Duration) -> HostError {
+    pub(crate) fn timed_out(&self, argv: &[String], after: Duration) -> HostError {
         HostError::CommandTimeout {
             host: self.label.clone(),
             program: argv.first().cloned().unwrap_or_default(),
