@@ -32,6 +32,7 @@ fn parse_everything(bytes: &[u8]) {
     let _ = jail::parse_ezjail_list(&text);
     let _ = jail::parse_jls_json(&text);
     let _ = jail::parse_jls_verbose(&text);
+    let _ = jail::parse_jls_plain(&text);
     let _ = postfix::parse_postconf(&text);
     let _ = postfix::detect_capabilities(&text);
     let _ = postfix::parse_postqueue(&text);

@@ -156,37 +156,106 @@ pub fn parse_jls_json(out: &str) -> Result<Vec<JlsJail>, serde_json::Error> {
     Ok(serde_json::from_str::<JlsDoc>(out)?.info.jail)
 }
 
-/// Parse `jls -v` text (layout of `usr.sbin/jls/jls.c`: per jail a `%6d  hostname path`
-/// line, then indented name/state, cpuset id, and one line per address).
-pub fn parse_jls_verbose(out: &str) -> Vec<JlsJail> {
+/// Parse `jls -v` text. The layout of `usr.sbin/jls/jls.c` is fixed-width: per jail a
+/// `%6d  %-29.29s %.74s` line (jid, hostname, path), then `        %-29.29s %.74s` (name,
+/// state), the cpuset id, and one line per address. The columns are cut by position, not by
+/// whitespace: a hostname may be empty or hold spaces (`hastd: disk1 (primary)`), and a
+/// name is truncated at 29 characters. Lines that fit neither the header nor a record are
+/// refused with an error naming the line.
+pub fn parse_jls_verbose(out: &str) -> Result<Vec<JlsJail>, String> {
     let mut v: Vec<JlsJail> = Vec::new();
     let mut line_in_record = 0;
-    for line in out.lines() {
-        let head = line.get(..6).unwrap_or("");
-        let jid = head.trim().parse::<u32>().ok();
-        if jid.is_some() && line.get(6..8) == Some("  ") {
-            let rest = &line[8..];
-            let mut f = rest.split_whitespace();
+    for (n, line) in out.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(jid) = jid_of(line) {
+            let (hostname, path) = columns(line.get(8..).unwrap_or(""));
             v.push(JlsJail {
-                jid,
-                hostname: f.next().map(str::to_string),
-                path: f.next().map(str::to_string),
+                jid: Some(jid),
+                hostname: Some(hostname),
+                path,
                 name: None,
                 state: None,
             });
             line_in_record = 1;
             continue;
         }
+        let continuation = line.starts_with("        ");
+        if is_jls_header(line) && v.is_empty() {
+            continue;
+        }
+        if !continuation || v.is_empty() {
+            return Err(unrecognised("jls -v", n, line));
+        }
         if line_in_record == 1
             && let Some(last) = v.last_mut()
         {
-            let mut f = line.split_whitespace();
-            last.name = f.next().map(str::to_string);
-            last.state = f.next().map(str::to_string);
+            let (name, state) = columns(&line[8..]);
+            last.name = Some(name).filter(|s| !s.is_empty());
+            last.state = state;
             line_in_record = 2;
         }
     }
-    v
+    Ok(v)
+}
+
+/// Parse plain `jls` text: `%6d  %-15.15s %-29.29s %.74s` (jid, first address, hostname,
+/// path), cut by position like [`parse_jls_verbose`]; the address may be empty (VNET jails).
+pub fn parse_jls_plain(out: &str) -> Result<Vec<JlsJail>, String> {
+    let mut v = Vec::new();
+    for (n, line) in out.lines().enumerate() {
+        if line.trim().is_empty() || (is_jls_header(line) && v.is_empty()) {
+            continue;
+        }
+        let Some(jid) = jid_of(line) else {
+            return Err(unrecognised("jls", n, line));
+        };
+        // skip the address column (15 characters and a space)
+        let (hostname, path) = columns(line.get(24..).unwrap_or(""));
+        v.push(JlsJail {
+            jid: Some(jid),
+            hostname: Some(hostname),
+            path,
+            name: None,
+            state: None,
+        });
+    }
+    Ok(v)
+}
+
+/// The jid of a record line: `%6d` then two spaces.
+fn jid_of(line: &str) -> Option<u32> {
+    let head = line.get(..6)?;
+    (line.get(6..8) == Some("  ")).then_some(())?;
+    head.trim().parse::<u32>().ok()
+}
+
+/// `%-29.29s %.74s`: the first 29 characters (right-trimmed), then what follows the space.
+fn columns(rest: &str) -> (String, Option<String>) {
+    let cut = rest.char_indices().nth(29).map_or(rest.len(), |(i, _)| i);
+    let first = rest[..cut].trim_end().to_owned();
+    let second = rest[cut..]
+        .strip_prefix(' ')
+        .unwrap_or(&rest[cut..])
+        .trim_end();
+    (first, Some(second.to_owned()).filter(|s| !s.is_empty()))
+}
+
+fn is_jls_header(line: &str) -> bool {
+    let t = line.trim_start();
+    t.starts_with("JID ")
+        || t.starts_with("Name ")
+        || t == "CPUSetID"
+        || t.starts_with("IP Address")
+}
+
+fn unrecognised(cmd: &str, n: usize, line: &str) -> String {
+    format!(
+        "`{cmd}` printed line {} as `{}`, which is neither its header nor a jail record",
+        n + 1,
+        line.chars().take(80).collect::<String>()
+    )
 }
 
 /// State of a jail by name from a `jls` listing (absent means stopped).

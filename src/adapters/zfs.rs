@@ -638,18 +638,36 @@ pub fn holds_argvs(snapshots: &[String], batch: usize) -> Vec<Vec<String>> {
 }
 
 /// Parse `zfs holds -H`: `name<TAB>tag<TAB>timestamp` → full snapshot name → tags.
-pub fn parse_holds(out: &str) -> BTreeMap<String, Vec<String>> {
+///
+/// Output that is not the `-H` form is refused, never read as "no holds": the aligned
+/// table with its `NAME  TAG  TIMESTAMP` header (what `zfs holds` prints without `-H`), or
+/// any line that is not `name<TAB>tag<TAB>…` with a snapshot name.
+pub fn parse_holds(out: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in out.lines() {
+    for (n, l) in out.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
         let mut f = l.split('\t');
-        if let (Some(name), Some(tag)) = (f.next(), f.next())
-            && !name.is_empty()
-            && !tag.is_empty()
-        {
-            m.entry(name.to_string()).or_default().push(tag.to_string());
+        match (f.next(), f.next()) {
+            (Some(name), Some(tag)) if name.contains('@') && !tag.is_empty() => {
+                m.entry(name.to_string()).or_default().push(tag.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "`zfs holds -H` printed line {} as `{}`, not `snapshot<TAB>tag<TAB>time`{}",
+                    n + 1,
+                    l.chars().take(80).collect::<String>(),
+                    if l.trim_start().starts_with("NAME") {
+                        " (the header of the aligned table: this zfs ignored -H)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
         }
     }
-    m
+    Ok(m)
 }
 
 /// Decide ZFS capabilities from `zfs version` (status, stdout+stderr) and the usage text
@@ -675,20 +693,33 @@ pub fn detect_capabilities(
     } else {
         None
     };
+    // One usage entry per tab-started piece: legacy FreeBSD ZFS glues `bookmark …` onto the
+    // `rename -u …` line with a TAB and no newline (zfs_main.c's HELP_RENAME lacks its `\n`);
+    // a command word may name aliases (`receive|recv`, `snapshot|snap`).
+    let entries: Vec<&str> = usage
+        .lines()
+        .flat_map(|l| l.split('\t'))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
     let line_with = |cmd: &str| -> Vec<&str> {
-        usage
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with(cmd))
+        entries
+            .iter()
+            .copied()
+            .filter(|e| {
+                e.split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.split('|').any(|alias| alias == cmd))
+            })
             .collect()
     };
-    let bookmarks = !line_with("bookmark ").is_empty();
-    let list_p = line_with("list ")
+    let bookmarks = !line_with("bookmark").is_empty();
+    let list_p = line_with("list")
         .iter()
         .any(|l| l.split(']').next().is_some_and(|f| f.contains('p')));
-    let resume_tokens = line_with("receive ").iter().any(|l| l.contains("-A"));
-    let batch_destroy = line_with("destroy ").iter().any(|l| l.contains("[,...]"));
-    let holds_list = line_with("holds ").iter().any(|l| has_flag(l, 'H'));
+    let resume_tokens = line_with("receive").iter().any(|l| l.contains("-A"));
+    let batch_destroy = line_with("destroy").iter().any(|l| l.contains("[,...]"));
+    let holds_list = line_with("holds").iter().any(|l| has_flag(l, 'H'));
     let flavour = if version_ok || bookmarks {
         ZfsFlavour::OpenZfs
     } else {
@@ -1272,7 +1303,10 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert_eq!(v[2], ["zfs", "holds", "-H", "p/a@s4"]);
         let h =
-            parse_holds("p/a@s1\tkeep\tThu Jan  4 10:00 2024\np/a@s1\tsk\tThu Jan  4 10:00 2024\n");
+            parse_holds("p/a@s1\tkeep\tThu Jan  4 10:00 2024\np/a@s1\tsk\tThu Jan  4 10:00 2024\n")
+                .unwrap();
         assert_eq!(h["p/a@s1"], ["keep", "sk"]);
+        assert_eq!(parse_holds("").unwrap().len(), 0, "no holds");
+        assert!(parse_holds("internal error\n").is_err());
     }
 }
