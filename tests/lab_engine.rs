@@ -305,7 +305,8 @@ fn killed_pid_hint(records: &[serde_json::Value]) -> String {
     records
         .first()
         .and_then(|r| r["run"].as_str())
-        .and_then(|r| r.split_once('-'))
-        .map(|(_, pid)| pid.to_string())
+        // `START-PID-N`
+        .and_then(|r| r.split('-').nth(1))
+        .map(str::to_string)
         .unwrap_or_default()
 }
