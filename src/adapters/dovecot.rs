@@ -14,7 +14,7 @@
 //! the argv starts one day before the window so the zone never narrows it (a wider search only
 //! finds more duplicates to skip). Exit status 67 (`EX_NOUSER`) means the user does not exist.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
@@ -149,6 +149,295 @@ pub fn fetch_outcome(status: Option<i32>, stdout: &str, stderr: &str) -> FetchOu
 /// `(Message-ID, user)` pairs for [`crate::decide::archive::restore_set`]'s `already_present`.
 pub fn present_pairs(user: &str, ids: &BTreeSet<String>) -> BTreeSet<(String, String)> {
     ids.iter().map(|id| (id.clone(), user.to_owned())).collect()
+}
+
+// ---------------------------------------------------------------- restore and drill
+
+/// `doveadm -f tab user USER`: the userdb's view of one user (uid, gid, home, mail).
+pub fn user_argv(user: &str) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    Ok(vec![
+        "doveadm".into(),
+        "-f".into(),
+        "tab".into(),
+        "user".into(),
+        user,
+    ])
+}
+
+/// What `doveadm user` says about one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The system uid its mail is read and written as.
+    pub uid: u32,
+    /// The system gid.
+    pub gid: u32,
+    /// `home`, when the userdb gives one.
+    pub home: Option<String>,
+    /// `mail` (the user's mail location, `mail_location` when the userdb gives none).
+    pub mail: Option<String>,
+}
+
+/// Parse `doveadm -f tab user USER` (a `field\tvalue` header, then one `field\tvalue` line per
+/// field; Dovecot 2.3 fixture in `tests/fixtures/dovecot/user-tab.txt`).
+pub fn parse_user(out: &str) -> Result<UserInfo, DovecotError> {
+    let mut fields = BTreeMap::new();
+    for l in out
+        .lines()
+        .skip_while(|l| l.trim() == "field\tvalue" || l.trim().is_empty())
+    {
+        if let Some((k, v)) = l.split_once('\t') {
+            fields.insert(k.trim().to_owned(), v.to_owned());
+        }
+    }
+    let num = |k: &str| -> Result<u32, DovecotError> {
+        fields
+            .get(k)
+            .ok_or_else(|| DovecotError::Parse(format!("doveadm user printed no `{k}`")))?
+            .trim()
+            .parse()
+            .map_err(|_| DovecotError::Parse(format!("doveadm user: `{k}` is not a number")))
+    };
+    Ok(UserInfo {
+        uid: num("uid")?,
+        gid: num("gid")?,
+        home: fields.get("home").filter(|h| !h.is_empty()).cloned(),
+        mail: fields.get("mail").filter(|m| !m.is_empty()).cloned(),
+    })
+}
+
+/// `doveadm exec imap -u USER`: a pre-authenticated IMAP session on stdin/stdout, fed
+/// [`LIST_SEPARATOR_SESSION`] to learn the user's hierarchy separator (the one thing the
+/// restore folder's name depends on: `.` for Maildir++, `/` for `LAYOUT=fs`).
+pub fn exec_imap_argv(user: &str) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    Ok(vec![
+        "doveadm".into(),
+        "exec".into(),
+        "imap".into(),
+        "-u".into(),
+        user,
+    ])
+}
+
+/// The IMAP commands sent to [`exec_imap_argv`]: `LIST "" ""` answers with the separator.
+pub const LIST_SEPARATOR_SESSION: &[u8] = b"a LIST \"\" \"\"\r\nb LOGOUT\r\n";
+
+/// The separator from the session's `* LIST (\Noselect) "." ""` line; `None` for `NIL` (a
+/// flat namespace).
+pub fn parse_list_separator(out: &str) -> Result<Option<char>, DovecotError> {
+    for l in out.lines() {
+        let Some(rest) = l.strip_prefix("* LIST ") else {
+            continue;
+        };
+        let Some(close) = rest.find(')') else {
+            continue;
+        };
+        let after = rest[close + 1..].trim_start();
+        if after.starts_with("NIL") {
+            return Ok(None);
+        }
+        let mut chars = after.chars();
+        match (chars.next(), chars.next(), chars.next(), chars.next()) {
+            (Some('"'), Some('\\'), Some(c), Some('"')) => return Ok(Some(c)),
+            (Some('"'), Some(c), Some('"'), _) => return Ok(Some(c)),
+            _ => {}
+        }
+    }
+    Err(DovecotError::Parse(format!(
+        "no `* LIST` line with a separator in the IMAP session: {}",
+        out.lines().take(3).collect::<Vec<_>>().join(" | ")
+    )))
+}
+
+/// The fields [`listing_argv`] asks for, in this order: the Message-ID last, so that a folded
+/// header's continuation lines (they start with white space) belong to the row above.
+pub const LISTING_FIELDS: &str = "mailbox uid size.virtual date.received hdr.message-id";
+
+fn check_location(location: &str) -> Result<(), DovecotError> {
+    if location.is_empty() || location.starts_with('-') || location.chars().any(char::is_control) {
+        return Err(DovecotError::Parse(format!(
+            "`{location}` is not a mail location doveadm can be given"
+        )));
+    }
+    Ok(())
+}
+
+fn with_location(argv: &mut Vec<String>, location: Option<&str>) -> Result<(), DovecotError> {
+    if let Some(l) = location {
+        check_location(l)?;
+        argv.push("-o".into());
+        argv.push(format!("mail_location={l}"));
+    }
+    Ok(())
+}
+
+/// `doveadm -f tab [-o mail_location=LOC] fetch -u USER "LISTING_FIELDS" QUERY…`: one row per
+/// message matching the search query. With a location, the user's mail is read from there
+/// instead of the live store (checked on 2.3.19: `-o` wins over a userdb `mail` field).
+pub fn listing_argv(
+    user: &str,
+    location: Option<&str>,
+    query: &[String],
+) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    if query.is_empty() || query.iter().any(|q| q.chars().any(char::is_control)) {
+        return Err(DovecotError::Parse(
+            "an empty or unprintable search query".into(),
+        ));
+    }
+    let mut argv: Vec<String> = vec!["doveadm".into(), "-f".into(), "tab".into()];
+    with_location(&mut argv, location)?;
+    argv.extend(["fetch".into(), "-u".into(), user, LISTING_FIELDS.into()]);
+    argv.extend(query.iter().cloned());
+    Ok(argv)
+}
+
+/// One message as [`listing_argv`] prints it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Listed {
+    /// The folder (UTF-8, the user's separator).
+    pub mailbox: String,
+    /// Its UID in that folder.
+    pub uid: u32,
+    /// `size.virtual` (CRLF line ends): the same on both sides of a copy.
+    pub vsize: u64,
+    /// `date.received` as printed (the server's time zone, seconds).
+    pub received: String,
+    /// The Message-ID header, unfolded and trimmed (empty when the message has none).
+    pub message_id: String,
+}
+
+/// Parse [`listing_argv`]'s output (fixture `tests/fixtures/dovecot/fetch-listing-tab.txt`).
+pub fn parse_listing(out: &str) -> Result<Vec<Listed>, DovecotError> {
+    let mut lines = out.lines();
+    let want = LISTING_FIELDS.replace(' ', "\t");
+    match lines.next() {
+        None => return Ok(Vec::new()),
+        Some(h) if h.trim_end() == want => {}
+        Some(h) => {
+            return Err(DovecotError::Parse(format!(
+                "expected the header `{want}`, got `{h}`"
+            )));
+        }
+    }
+    let mut rows: Vec<Listed> = Vec::new();
+    for l in lines {
+        if l.starts_with([' ', '\t']) {
+            match rows.last_mut() {
+                Some(r) => {
+                    r.message_id.push_str(l.trim());
+                    continue;
+                }
+                None => {
+                    return Err(DovecotError::Parse(format!(
+                        "a continuation line before any row: `{l}`"
+                    )));
+                }
+            }
+        }
+        if l.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = l.splitn(5, '\t').collect();
+        if f.len() < 4 {
+            return Err(DovecotError::Parse(format!(
+                "a row with {} fields: `{l}`",
+                f.len()
+            )));
+        }
+        let uid = f[1]
+            .parse()
+            .map_err(|_| DovecotError::Parse(format!("uid `{}` in `{l}`", f[1])))?;
+        let vsize = f[2]
+            .parse()
+            .map_err(|_| DovecotError::Parse(format!("size `{}` in `{l}`", f[2])))?;
+        rows.push(Listed {
+            mailbox: f[0].to_owned(),
+            uid,
+            vsize,
+            received: f[3].to_owned(),
+            message_id: f.get(4).map(|s| s.trim().to_owned()).unwrap_or_default(),
+        });
+    }
+    Ok(rows)
+}
+
+/// `doveadm [-o mail_location=LOC] mailbox list -u USER`: one folder per line.
+pub fn mailbox_list_argv(user: &str, location: Option<&str>) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    let mut argv: Vec<String> = vec!["doveadm".into()];
+    with_location(&mut argv, location)?;
+    argv.extend(["mailbox".into(), "list".into(), "-u".into(), user]);
+    Ok(argv)
+}
+
+/// The folders printed by [`mailbox_list_argv`].
+pub fn parse_mailbox_list(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `a:b,c` from sorted UIDs (the IMAP sequence-set form doveadm's `uid` search key takes).
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut v = uids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+/// `doveadm import -u USER -s SRC DEST mailbox FOLDER uid SET`: copy those messages of one
+/// source folder under DEST (created and subscribed), keeping flags and received dates.
+/// Dovecot documents `import` for exactly this: it never touches an existing folder's
+/// messages, it only adds.
+pub fn import_argv(
+    user: &str,
+    source_location: &str,
+    dest_parent: &str,
+    mailbox: &str,
+    uids: &[u32],
+) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    check_location(source_location)?;
+    if uids.is_empty() {
+        return Err(DovecotError::Parse("an import of no message".into()));
+    }
+    for s in [dest_parent, mailbox] {
+        if s.is_empty() || s.chars().any(char::is_control) {
+            return Err(DovecotError::Parse(format!("folder name `{s}`")));
+        }
+    }
+    Ok(vec![
+        "doveadm".into(),
+        "import".into(),
+        "-u".into(),
+        user,
+        "-s".into(),
+        source_location.into(),
+        dest_parent.into(),
+        "mailbox".into(),
+        mailbox.into(),
+        "uid".into(),
+        uid_set(uids),
+    ])
 }
 
 #[cfg(test)]

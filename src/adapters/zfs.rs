@@ -1030,6 +1030,80 @@ pub fn parse_stream_bytes(stderr: &str) -> Option<u64> {
     })
 }
 
+// ---------------------------------------------------------------- scratch clones
+
+/// The user property that marks a scratch clone (restore or drill) with the run that made it;
+/// [`destroy_clone_argv`] only ever destroys a dataset whose name says it is one.
+pub const SCRATCH_PROPERTY: &str = "spoolkeeper:scratch";
+
+/// The name of a scratch clone of `dataset` for `purpose` (`restore`, `drill`): a sibling of
+/// the dataset, `<dataset>_<prefix>_<purpose>_<stamp>`, so that it is never a descendant that
+/// a recursive operation on the instance could reach.
+pub fn scratch_clone_name(dataset: &str, prefix: &str, purpose: &str, stamp: &str) -> String {
+    format!("{dataset}_{prefix}_{purpose}_{stamp}")
+}
+
+fn is_scratch_name(name: &str) -> bool {
+    name.rsplit('/')
+        .next()
+        .is_some_and(|leaf| leaf.contains("_restore_") || leaf.contains("_drill_"))
+        && !name.contains('@')
+}
+
+/// `zfs clone -o readonly=on|off -o mountpoint=MP -o spoolkeeper:scratch=RUN DS@SNAP CLONE`.
+pub fn clone_argv(
+    dataset: &str,
+    snapshot: &str,
+    clone: &str,
+    mountpoint: &str,
+    readonly: bool,
+    run: &str,
+) -> Result<Vec<String>, String> {
+    if !is_scratch_name(clone) {
+        return Err(format!("`{clone}` is not a scratch clone name"));
+    }
+    if !mountpoint.starts_with('/') {
+        return Err(format!("clone mountpoint `{mountpoint}` is not absolute"));
+    }
+    Ok(vec![
+        "zfs".into(),
+        "clone".into(),
+        "-o".into(),
+        format!("readonly={}", if readonly { "on" } else { "off" }),
+        "-o".into(),
+        format!("mountpoint={mountpoint}"),
+        "-o".into(),
+        format!("{SCRATCH_PROPERTY}={run}"),
+        format!("{dataset}@{snapshot}"),
+        clone.into(),
+    ])
+}
+
+/// `zfs destroy CLONE`: never `-r`/`-R`, and only a name [`scratch_clone_name`] made.
+pub fn destroy_clone_argv(clone: &str) -> Result<Vec<String>, String> {
+    if !is_scratch_name(clone) {
+        return Err(format!(
+            "refusing to destroy `{clone}`: not a scratch clone"
+        ));
+    }
+    Ok(vec!["zfs".into(), "destroy".into(), clone.into()])
+}
+
+/// `zfs get -H -o value spoolkeeper:scratch CLONE`: which run made the clone (`-` when unset).
+pub fn scratch_owner_argv(clone: &str) -> Vec<String> {
+    ["zfs", "get", "-H", "-o", "value", SCRATCH_PROPERTY]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([clone.to_owned()])
+        .collect()
+}
+
+/// A destroy that may succeed when retried: zfs-fuse (and OpenZFS under load) reports a clone
+/// busy for a moment after its last user went away.
+pub fn destroy_is_busy(stderr: &str) -> bool {
+    stderr.contains("busy")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -283,7 +283,7 @@ async fn direct_send(host: &Host, id: &str, argv: &[String]) -> Result<Option<u6
 /// The relay transport: `zfs send` on the source, `zfs receive` on the target, the stream
 /// copied through the controller. The receive's status decides; a failed send makes the
 /// receive see a truncated stream and fail.
-async fn relay(
+pub(crate) async fn relay(
     src: &Host,
     dst: &Host,
     send: &[String],

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod error;
 pub mod progress;
+pub mod recover;
 pub mod replay;
 pub mod run;
 pub mod walk;

@@ -4,6 +4,7 @@
 pub mod arch_restore;
 pub mod load;
 pub mod progress;
+pub mod restore;
 pub mod status;
 pub mod summary;
 
@@ -149,6 +150,44 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Give a mailbox (or one folder, or a date range) back from a snapshot into a restore
+    /// folder `Restored/<snapshot time>/…` of the live mailbox, exactly once; `--list` prints the
+    /// restore points. Exit 0 done, 1 error (nothing changed).
+    Restore {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        instance: String,
+        /// The Dovecot user (`alice@students.example.org`).
+        #[arg(long)]
+        mailbox: String,
+        /// The newest snapshot taken at or before this time (RFC 3339, or a date: its end).
+        #[arg(long)]
+        at: Option<String>,
+        /// This snapshot (`NAME` or `DATASET@NAME`).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Only this folder (`INBOX`, `Work`; the user's own separator).
+        #[arg(long)]
+        folder: Option<String>,
+        /// Only messages received on or after this day (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only messages received on or before this day (YYYY-MM-DD).
+        #[arg(long)]
+        until: Option<String>,
+        /// Read the snapshot on this node (default: a passive node holding it).
+        #[arg(long)]
+        node: Option<String>,
+        /// Print what would be restored; import nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// List the restore points of the mailbox on every node.
+        #[arg(long)]
+        list: bool,
+        #[arg(long, value_enum)]
+        output: Option<Output>,
+    },
     /// Per node and instance: role, jail state, newest snapshot, newest replicated snapshot
     /// and its age (RPO), archive queue depth, last apply. Exit 0.
     Status {
@@ -257,6 +296,33 @@ pub fn main() -> ExitCode {
             default_output(output) == Output::Json,
             state_dir,
         ),
+        Command::Restore {
+            file,
+            instance,
+            mailbox,
+            at,
+            snapshot,
+            folder,
+            since,
+            until,
+            node,
+            dry_run,
+            list,
+            output,
+        } => restore::main(restore::Args {
+            file: &file,
+            instance,
+            mailbox,
+            at,
+            snapshot,
+            folder,
+            since,
+            until,
+            node,
+            dry_run,
+            list,
+            json: default_output(output) == Output::Json,
+        }),
         Command::Reconcile {
             dry_run: true,
             plan,

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod backoff;
+pub mod recover;
 pub mod replication;
 pub mod restore;
 pub mod retention;
