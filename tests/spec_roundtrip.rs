@@ -170,6 +170,25 @@ fn document() -> impl Strategy<Value = Document> {
                                 runtime,
                                 properties,
                                 domains: vec![format!("d{k}.example.org")],
+                                drill: (k % 2 == 0).then(|| spec::Drill {
+                                    mountpoint: format!("/var/tmp/drill/{i}"),
+                                    start: vec![
+                                        "/usr/local/bin/drill".into(),
+                                        "start".into(),
+                                        "{mountpoint}".into(),
+                                    ],
+                                    stop: vec![
+                                        "/usr/local/bin/drill".into(),
+                                        "stop".into(),
+                                        "{instance}".into(),
+                                    ],
+                                    imap: "127.0.0.1:10143".into(),
+                                    lmtp: "127.0.0.1:10024".into(),
+                                    probes: vec![format!("probe@d{k}.example.org")],
+                                    login: "{user}*drill".into(),
+                                    password_file: "/etc/spoolkeeper/drill.pass".into(),
+                                    warn_after: spec::Duration::from_secs(86_400 * (k as u64 + 1)),
+                                }),
                             },
                         )
                     })

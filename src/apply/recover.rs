@@ -592,7 +592,6 @@ async fn restore_inner(
 ) -> Result<Report, RestoreError> {
     let (mb, rel) = relative(ctx, &req.user).await?;
     let points = recover::restore_points(ctx.spec, &ctx.obs, &req.instance);
-    let point = recover::choose(&points, &req.selector)?;
     let reachable: BTreeSet<String> = ctx
         .conns
         .nodes
@@ -600,6 +599,23 @@ async fn restore_inner(
         .filter(|(_, h)| h.is_ok())
         .map(|(n, _)| n.clone())
         .collect();
+    let point = recover::choose(&points, &req.selector).map_err(|e| {
+        let away: Vec<&str> = ctx
+            .conns
+            .nodes
+            .keys()
+            .filter(|n| !reachable.contains(*n))
+            .map(String::as_str)
+            .collect();
+        if away.is_empty() {
+            RestoreError::Decide(e)
+        } else {
+            RestoreError::Request(format!(
+                "{e}; {} unreachable: its snapshots could not be listed",
+                away.join(", ")
+            ))
+        }
+    })?;
     let reader = recover::reader(&point, &ctx.active, &reachable, req.node.as_deref())?;
     let reader_host = node(&ctx.conns, &reader)?;
     let active = node(&ctx.conns, &ctx.active)?;

@@ -187,6 +187,9 @@ enum Command {
         list: bool,
         #[arg(long, value_enum)]
         output: Option<Output>,
+        /// Where the journal (which records every restore) lives.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Per node and instance: role, jail state, newest snapshot, newest replicated snapshot
     /// and its age (RPO), archive queue depth, last apply. Exit 0.
@@ -309,7 +312,9 @@ pub fn main() -> ExitCode {
             dry_run,
             list,
             output,
+            state_dir,
         } => restore::main(restore::Args {
+            state_dir: state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
             file: &file,
             instance,
             mailbox,

@@ -21,6 +21,7 @@ pub struct Args<'a> {
     pub dry_run: bool,
     pub list: bool,
     pub json: bool,
+    pub state_dir: std::path::PathBuf,
 }
 
 /// The cluster of the file that has the instance.
@@ -117,6 +118,38 @@ async fn interrupted() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Every restore that changed (or tried to change) a mailbox is journaled: who got what back.
+fn journal(
+    state_dir: &Path,
+    spec: &Spec,
+    req: &Request,
+    res: &Result<recover::Report, recover::RestoreError>,
+) {
+    use crate::state::journal::{Journal, Phase};
+    if req.dry_run {
+        return;
+    }
+    let (phase, detail) = match res {
+        Ok(r) => (
+            Phase::Done,
+            format!(
+                "{} messages ({} bytes) from {} into {}",
+                r.messages, r.bytes, r.snapshot, r.folder
+            ),
+        ),
+        Err(e) => (Phase::Failed, e.to_string()),
+    };
+    let action = format!("restore:{}:{}", req.instance, req.user);
+    match Journal::open(state_dir, spec.name.as_str()) {
+        Ok(mut j) => {
+            if let Err(e) = j.record(&action, phase, Some(detail)) {
+                eprintln!("warning: cannot journal the restore: {e}");
+            }
+        }
+        Err(e) => eprintln!("warning: cannot open the journal: {e}"),
+    }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> u8 {
     match serde_json::to_string_pretty(v) {
         Ok(t) => {
@@ -171,7 +204,9 @@ pub fn main(a: Args) -> u8 {
             }
         };
     }
-    match rt.block_on(recover::restore(spec, &req, interrupted())) {
+    let res = rt.block_on(recover::restore(spec, &req, interrupted()));
+    journal(&a.state_dir, spec, &req, &res);
+    match res {
         Ok(r) => {
             let code = if r.cleanup_errors.is_empty() { 0 } else { 1 };
             if a.json {

@@ -245,6 +245,46 @@ pub struct Instance {
     /// The mail domains this instance holds; a domain belongs to one instance only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<String>,
+    /// How `spoolkeeper drill` rehearses a failover of this instance on a clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
+}
+
+/// A throwaway copy of an instance for a failover drill: its own start/stop argv, listeners
+/// on the node that production mail never reaches, and the mailboxes that prove it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// Where the drill clone is mounted on the node; the drill instance serves the mail there.
+    pub mountpoint: String,
+    /// Start the drill instance on the mounted clone. `{instance}`, `{node}` and
+    /// `{mountpoint}` are replaced in whole arguments.
+    pub start: Vec<String>,
+    /// Stop it (the clone is destroyed right after).
+    pub stop: Vec<String>,
+    /// The drill instance's IMAP listener as the node sees it (`127.0.0.1:10143`): reached
+    /// through the SSH connection, never exposed to users.
+    pub imap: String,
+    /// Its LMTP listener, where the held archive copies are delivered.
+    pub lmtp: String,
+    /// Mailboxes that log in over IMAP and whose messages are checked.
+    pub probes: Vec<String>,
+    /// The IMAP login of a probe: `{user}` is replaced (`{user}*drillmaster` for a Dovecot
+    /// master user).
+    #[serde(default = "default_drill_login")]
+    pub login: String,
+    /// A file on the machine running spoolkeeper whose first line is the probes' password.
+    pub password_file: String,
+    /// `check` warns when no drill of this instance passed for this long.
+    #[serde(default = "default_drill_warn_after")]
+    pub warn_after: Duration,
+}
+
+fn default_drill_login() -> String {
+    "{user}".into()
+}
+fn default_drill_warn_after() -> Duration {
+    Duration::from_secs(7 * 86_400)
 }
 
 /// A ZFS property value as written in the spec (`lz4`, `80T`, `on`).

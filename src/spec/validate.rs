@@ -214,6 +214,52 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
                 }
             }
         }
+        if let Some(d) = &inst.drill {
+            for (key, argv) in [("start", &d.start), ("stop", &d.stop)] {
+                check_argv(
+                    argv,
+                    &["{instance}", "{node}", "{mountpoint}"],
+                    &["spec", "instances", i, "drill", key],
+                    p,
+                );
+            }
+            if !d.mountpoint.starts_with('/') || d.mountpoint.split('/').any(|c| c == "..") {
+                p.value(
+                    &["spec", "instances", i, "drill", "mountpoint"],
+                    "an absolute path without `..` is needed",
+                );
+            }
+            for key in ["imap", "lmtp"] {
+                let v = if key == "imap" { &d.imap } else { &d.lmtp };
+                if v.parse::<std::net::SocketAddr>().is_err() {
+                    p.value(
+                        &["spec", "instances", i, "drill", key],
+                        format!("`{v}` is not ADDRESS:PORT (`127.0.0.1:10143`)"),
+                    );
+                }
+            }
+            if d.probes.is_empty() {
+                p.value(
+                    &["spec", "instances", i, "drill", "probes"],
+                    "a drill needs at least one probe mailbox",
+                );
+            }
+            for (n, u) in d.probes.iter().enumerate() {
+                if u.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    let idx = n.to_string();
+                    p.value(
+                        &["spec", "instances", i, "drill", "probes", &idx],
+                        format!("`{u}` is not a mailbox user name"),
+                    );
+                }
+            }
+            if !d.login.contains("{user}") {
+                p.value(
+                    &["spec", "instances", i, "drill", "login"],
+                    "the login must contain `{user}`",
+                );
+            }
+        }
         for (prop, value) in &inst.properties {
             let path = ["spec", "instances", i, "properties", prop.as_str()];
             if !is_property_name(prop) {

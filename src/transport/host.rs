@@ -663,6 +663,91 @@ impl Host {
     }
 }
 
+/// Any byte stream to a service on a host.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A way to reach a TCP service as the host sees it (`127.0.0.1:10143` on the node): through
+/// the host's SSH connection (a local forward to a unix socket of ours), or directly for the
+/// local host. Services on a node's loopback are never exposed to the network for this.
+pub enum Tunnel {
+    /// A TCP address this machine reaches itself.
+    Direct(std::net::SocketAddr),
+    /// An SSH local forward: connections to `path` reach `remote` from the host.
+    Ssh {
+        session: Arc<openssh::Session>,
+        path: std::path::PathBuf,
+        remote: std::net::SocketAddr,
+        host: String,
+    },
+}
+
+impl Host {
+    /// Open a [`Tunnel`] to `remote` as this host sees it.
+    pub async fn tunnel(&self, remote: std::net::SocketAddr) -> Result<Tunnel, HostError> {
+        match &self.inner {
+            AnyHost::Local(_) => Ok(Tunnel::Direct(remote)),
+            AnyHost::Ssh(h) => {
+                static N: AtomicU64 = AtomicU64::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "spoolkeeper-tunnel-{}-{}.sock",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                let _ = std::fs::remove_file(&path);
+                let config = h.config.clone();
+                h.session
+                    .request_port_forward(
+                        openssh::ForwardType::Local,
+                        openssh::Socket::from(path.clone()),
+                        openssh::Socket::new(remote.ip().to_string(), remote.port()),
+                    )
+                    .await
+                    .map_err(|e| classify_ssh_error(&config, &e.to_string(), &error_chain(&e)))?;
+                Ok(Tunnel::Ssh {
+                    session: Arc::clone(&h.session),
+                    path,
+                    remote,
+                    host: self.label.clone(),
+                })
+            }
+        }
+    }
+}
+
+impl Tunnel {
+    /// A new connection through the tunnel.
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        match self {
+            Tunnel::Direct(a) => Ok(Box::new(tokio::net::TcpStream::connect(a).await?)),
+            Tunnel::Ssh { path, .. } => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        }
+    }
+
+    /// Close the forward (connections already made are not cut).
+    pub async fn close(self) {
+        if let Tunnel::Ssh {
+            session,
+            path,
+            remote,
+            host,
+        } = self
+        {
+            if let Err(e) = session
+                .close_port_forward(
+                    openssh::ForwardType::Local,
+                    openssh::Socket::from(path.clone()),
+                    openssh::Socket::new(remote.ip().to_string(), remote.port()),
+                )
+                .await
+            {
+                tracing::warn!(host = %host, "closing the tunnel to {remote}: {e}");
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod host;
+pub mod imap;
 
 pub use batch::{Batch, BatchOutputs, Slot};
 pub mod smtp;

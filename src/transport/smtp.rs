@@ -136,6 +136,25 @@ pub fn encode_data(content: &[u8]) -> Vec<u8> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Reads the greeting and says EHLO (HELO when EHLO is refused).
     pub async fn start(stream: S, helo_name: &str, timeout: Duration) -> Result<Self, SmtpError> {
+        Self::start_as(stream, helo_name, timeout, false).await
+    }
+
+    /// The same session over LMTP (RFC 2033): `LHLO`, no HELO fallback. With one recipient
+    /// per message (how `drill` delivers), the reply to the final `.` is that recipient's.
+    pub async fn start_lmtp(
+        stream: S,
+        helo_name: &str,
+        timeout: Duration,
+    ) -> Result<Self, SmtpError> {
+        Self::start_as(stream, helo_name, timeout, true).await
+    }
+
+    async fn start_as(
+        stream: S,
+        helo_name: &str,
+        timeout: Duration,
+        lmtp: bool,
+    ) -> Result<Self, SmtpError> {
         let mut c = Client {
             io: BufReader::new(stream),
             timeout,
@@ -151,7 +170,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         if greeting.code != 220 {
             return Err(SmtpError::Refused(greeting));
         }
-        let mut ehlo = c.command(&format!("EHLO {helo_name}")).await?;
+        let hello = if lmtp { "LHLO" } else { "EHLO" };
+        let mut ehlo = c.command(&format!("{hello} {helo_name}")).await?;
+        if !ehlo.is_positive() && lmtp {
+            return Err(SmtpError::Refused(ehlo));
+        }
         if !ehlo.is_positive() {
             ehlo = c.command(&format!("HELO {helo_name}")).await?;
             if !ehlo.is_positive() {

@@ -5,13 +5,15 @@
 #         (gratuitous ARP), makes sure the node's Postfix and Dovecot run.
 # stop  : removes the service address and kicks the IMAP sessions of the instance's domain.
 # status: LSB: 0 running here, 3 stopped, 1 address present but a mail daemon is dead.
+# drill-start MOUNTPOINT / drill-stop: the node's drill Dovecot (loopback only) serving a drill
+#         clone mounted at MOUNTPOINT (the spec's drill block).
 # Installed by `cargo xtask lab up` as /var/lib/sk-lab/bin/sk-instance; do not edit it there.
 set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C
 
-usage() { echo "usage: sk-instance start|stop|status students|staff" >&2; exit 2; }
-[ $# -eq 2 ] || usage
+usage() { echo "usage: sk-instance start|stop|status|drill-stop students|staff, or drill-start students|staff MOUNTPOINT" >&2; exit 2; }
+[ $# -ge 2 ] || usage
 verb=$1
 inst=$2
 case "$inst" in
@@ -35,7 +37,31 @@ ensure_daemons() {
   if ! dovecot_up; then dovecot </dev/null >/dev/null 2>&1; fi
 }
 
+drill_conf=/etc/dovecot/drill.conf
+drill_pid() { cat /run/dovecot-drill/master.pid 2>/dev/null || true; }
+drill_up() { local p; p=$(drill_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
 case "$verb" in
+  drill-start)
+    [ $# -eq 3 ] || usage
+    if ! mountpoint -q "$3"; then
+      echo "sk-instance: the drill clone of $inst is not mounted at $3; refusing to start" >&2
+      exit 1
+    fi
+    if ! drill_up; then dovecot -c "$drill_conf" </dev/null >/dev/null 2>&1 || true; fi
+    drill_up || { echo "sk-instance: the drill dovecot did not start (see /var/log/dovecot-drill.log)" >&2; exit 1; }
+    echo "sk-instance: drill copy of $inst serving on 127.0.0.1:10143 on $(hostname)"
+    ;;
+  drill-stop)
+    # every drill process gone, so that the clone can be unmounted
+    p=$(drill_pid)
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+      doveadm -c "$drill_conf" stop >/dev/null 2>&1 || kill "$p" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$p" 2>/dev/null || true
+    fi
+    echo "sk-instance: drill copy of $inst stopped on $(hostname)"
+    ;;
   start)
     if ! mountpoint -q "$mountpoint_dir"; then
       echo "sk-instance: dataset of $inst is not mounted at $mountpoint_dir on $(hostname); refusing to start" >&2

@@ -280,6 +280,61 @@ protocol lmtp {
 EOF
 }
 
+# The drill instance of a node: a second Dovecot on loopback only (IMAP 10143, LMTP 10024), its own
+# base_dir and state, serving whatever drill clone is mounted at /var/tmp/spoolkeeper/drill/INSTANCE
+# ($LAB/drillroot/students.lab links there). Started and stopped by `sk-instance drill-start|drill-stop`
+# (the spec's drill block); production mail never reaches it.
+write_dovecot_drill_conf() {
+  cat >"$1/drill.conf" <<EOF
+# spoolkeeper lab: the drill copy of an instance (a clone), loopback only, password "lab"
+instance_name = dovecot-drill
+protocols = imap lmtp
+listen = 127.0.0.1
+base_dir = /run/dovecot-drill
+state_dir = /var/lib/dovecot/drill
+log_path = /var/log/dovecot-drill.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %Lu
+mail_location = maildir:~/Maildir
+mmap_disable = yes
+first_valid_uid = $VMAIL_UID
+last_valid_uid = $VMAIL_UID
+first_valid_gid = $VMAIL_UID
+last_valid_gid = $VMAIL_UID
+passdb {
+  driver = static
+  args = password=lab
+}
+userdb {
+  driver = static
+  args = uid=$VMAIL_UID gid=$VMAIL_UID home=$LAB/drillroot/%d/%n
+}
+namespace inbox {
+  inbox = yes
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = 10143
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = 10024
+  }
+}
+protocol lmtp {
+  postmaster_address = postmaster@lab.test
+}
+EOF
+}
+
 write_ssh_conf() {
   local h=$1 dir=$2
   cat >"$dir/sshd_config" <<EOF
@@ -325,6 +380,8 @@ make_host() {
   write_postfix_master "$d/etc-postfix"
   write_postfix_main "$h" "$d/etc-postfix"
   write_dovecot_conf "$d/etc-dovecot"
+  write_dovecot_drill_conf "$d/etc-dovecot"
+  mkdir -p "$d/lib-dovecot/drill"
   write_ssh_conf "$h" "$d/etc-ssh"
   chmod 700 "$d/lib-dovecot"
   chown postfix:postfix "$d/lib-postfix"
@@ -346,7 +403,7 @@ make_host() {
       d=$1; h=$2
       hostname "$h"
       mount -t tmpfs -o mode=0755 sk-run /run
-      mkdir -p /run/lock /run/sshd /run/dovecot
+      mkdir -p /run/lock /run/sshd /run/dovecot /run/dovecot-drill
       mount --bind "$d/etc-zfs" /etc/zfs
       mkdir -p /var/lib/zfs
       mount --bind "$d/var-lib-zfs" /var/lib/zfs
@@ -421,9 +478,14 @@ cmd_up() {
   if [ -d "$LAB" ]; then
     find "$LAB" -mindepth 1 -maxdepth 1 ! -name bin -exec rm -rf --one-file-system {} +
   fi
-  mkdir -p "$LAB"/{ns,ssh,hosts,bin,mailroot}
+  mkdir -p "$LAB"/{ns,ssh,hosts,bin,mailroot,drillroot}
   ln -s /zdata/imap/students "$LAB/mailroot/students.lab"
   ln -s /zdata/imap/staff "$LAB/mailroot/staff.lab"
+  ln -s /var/tmp/spoolkeeper/drill/students "$LAB/drillroot/students.lab"
+  ln -s /var/tmp/spoolkeeper/drill/staff "$LAB/drillroot/staff.lab"
+  # the drill probes' password (the spec's drill.password_file), read by spoolkeeper
+  echo lab >"$LAB/drill-password"
+  chmod 600 "$LAB/drill-password"
   chmod 755 "$LAB" "$LAB/ssh"
   mount --bind "$LAB/ns" "$LAB/ns"
   mount --make-private "$LAB/ns"
@@ -502,7 +564,7 @@ cmd_boot() {
     for m in $(awk '\''$3 ~ /^fuse/ {print $2}'\'' /proc/self/mounts | sort -r); do umount -l "$m" || true; done
     umount -l /run 2>/dev/null || true
     mount -t tmpfs -o mode=0755 sk-run /run
-    mkdir -p /run/lock /run/sshd /run/dovecot
+    mkdir -p /run/lock /run/sshd /run/dovecot /run/dovecot-drill
   '
   for a in "${SERVICE_ADDRS[@]}"; do
     ip -n "sk-$h" addr del "$a/24" dev eth0 >/dev/null 2>&1 || true
