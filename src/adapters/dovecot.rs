@@ -363,6 +363,55 @@ pub fn parse_listing(out: &str) -> Result<Vec<Listed>, DovecotError> {
     Ok(rows)
 }
 
+/// `doveadm -f tab fetch -u USER "date.received.unixtime hdr.message-id" ALL`: when each
+/// message of the live mailbox arrived, for a drill's expectations.
+pub fn received_ids_argv(user: &str) -> Result<Vec<String>, DovecotError> {
+    let user = check_user(user)?;
+    Ok(vec![
+        "doveadm".into(),
+        "-f".into(),
+        "tab".into(),
+        "fetch".into(),
+        "-u".into(),
+        user,
+        "date.received.unixtime hdr.message-id".into(),
+        "ALL".into(),
+    ])
+}
+
+/// (received, Message-ID) of [`received_ids_argv`]'s rows, messages without one left out.
+pub fn parse_received_ids(out: &str) -> Result<Vec<(i64, String)>, DovecotError> {
+    let mut lines = out.lines();
+    match lines.next() {
+        None => return Ok(Vec::new()),
+        Some(h) if h.trim_end() == "date.received.unixtime\thdr.message-id" => {}
+        Some(h) => {
+            return Err(DovecotError::Parse(format!(
+                "expected the header `date.received.unixtime<TAB>hdr.message-id`, got `{h}`"
+            )));
+        }
+    }
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    for l in lines {
+        if l.starts_with([' ', '\t']) {
+            if let Some(r) = rows.last_mut() {
+                r.1.push_str(l.trim());
+            }
+            continue;
+        }
+        let Some((t, id)) = l.split_once('\t') else {
+            continue;
+        };
+        let t = t
+            .trim()
+            .parse()
+            .map_err(|_| DovecotError::Parse(format!("received time `{t}`")))?;
+        rows.push((t, id.trim().to_owned()));
+    }
+    rows.retain(|(_, id)| !id.is_empty());
+    Ok(rows)
+}
+
 /// `doveadm [-o mail_location=LOC] mailbox list -u USER`: one folder per line.
 pub fn mailbox_list_argv(user: &str, location: Option<&str>) -> Result<Vec<String>, DovecotError> {
     let user = check_user(user)?;

@@ -366,6 +366,19 @@ pub fn runtime_argv(
     }
 }
 
+/// The argv of a drill block's `start` or `stop`, placeholders replaced in whole arguments
+/// (`{instance}`, `{node}`, `{mountpoint}`).
+pub fn drill_argv(argv: &[String], instance: &str, node: &str, mountpoint: &str) -> Vec<String> {
+    argv.iter()
+        .map(|a| match a.as_str() {
+            "{instance}" => instance.to_owned(),
+            "{node}" => node.to_owned(),
+            "{mountpoint}" => mountpoint.to_owned(),
+            other => other.to_owned(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod runtime_tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! its id and is journaled before and after.
 
 pub mod action;
+pub mod drill;
 pub mod error;
 pub mod progress;
 pub mod recover;

@@ -48,7 +48,7 @@ pub fn queued_as(reply: &smtp::Reply) -> Option<String> {
 
 /// `postcat` every id (chunked), asking again without an id that left the queue meanwhile.
 /// Returns the dumped messages and warnings.
-async fn dump_held(
+pub(crate) async fn dump_held(
     archive: &Host,
     ids: &[&str],
 ) -> Result<(Vec<HeldMessage>, Vec<String>), String> {

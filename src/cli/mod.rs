@@ -2,6 +2,7 @@
 //! decides anything the core does not.
 
 pub mod arch_restore;
+pub mod drill;
 pub mod load;
 pub mod progress;
 pub mod restore;
@@ -191,6 +192,23 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Rehearse a failover on the passive: clone its newest replicated snapshot, start the
+    /// drill copy (the spec's drill block), replay the held archive copies into it, check the
+    /// probe mailboxes over IMAP, tear it down. Exit 0 pass, 2 fail, 1 error (nothing changed).
+    Drill {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only this instance (default: every instance with a drill block).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Rehearse on this node (default: the passive one).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: drill::DrillFormat,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Per node and instance: role, jail state, newest snapshot, newest replicated snapshot
     /// and its age (RPO), archive queue depth, last apply. Exit 0.
     Status {
@@ -298,6 +316,19 @@ pub fn main() -> ExitCode {
             dry_run,
             default_output(output) == Output::Json,
             state_dir,
+        ),
+        Command::Drill {
+            file,
+            instance,
+            node,
+            output,
+            state_dir,
+        } => drill::main(
+            &file,
+            instance,
+            node,
+            output,
+            state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
         ),
         Command::Restore {
             file,

@@ -103,7 +103,7 @@ fn request(a: &Args) -> Result<Request, String> {
     })
 }
 
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod backoff;
+pub mod drill;
 pub mod recover;
 pub mod replication;
 pub mod restore;
