@@ -138,6 +138,29 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
                 vec![zfs::destroy_each_argv()]
             }
         }
+        ActionKind::TeardownScratch { clone, drill, .. } => {
+            let mut v = Vec::new();
+            let node = match &a.host {
+                crate::plan::Target::Node(n) => n.as_str(),
+                _ => "",
+            };
+            if let Some(d) = drill.as_ref().and_then(|i| {
+                spec.spec
+                    .instances
+                    .iter()
+                    .find(|(n, _)| n.as_str() == i)
+                    .and_then(|(_, x)| x.drill.as_ref())
+            }) {
+                v.push(crate::adapters::jail::drill_argv(
+                    &d.stop,
+                    drill.as_deref().unwrap_or_default(),
+                    node,
+                    &d.mountpoint,
+                ));
+            }
+            v.push(zfs::teardown_scratch_argv(clone)?);
+            v
+        }
         ActionKind::Replicate {
             source_dataset,
             target,

@@ -1050,14 +1050,16 @@ fn is_scratch_name(name: &str) -> bool {
         && !name.contains('@')
 }
 
-/// `zfs clone -o readonly=on|off -o mountpoint=MP -o spoolkeeper:scratch=RUN DS@SNAP CLONE`.
+/// `zfs clone -o readonly=on|off -o mountpoint=MP -o spoolkeeper:scratch=PURPOSE:STAMP:DS@SNAP
+/// DS@SNAP CLONE` (the property is what [`parse_scratch`] reads back).
 pub fn clone_argv(
     dataset: &str,
     snapshot: &str,
     clone: &str,
     mountpoint: &str,
     readonly: bool,
-    run: &str,
+    purpose: &str,
+    stamp: &str,
 ) -> Result<Vec<String>, String> {
     if !is_scratch_name(clone) {
         return Err(format!("`{clone}` is not a scratch clone name"));
@@ -1073,7 +1075,7 @@ pub fn clone_argv(
         "-o".into(),
         format!("mountpoint={mountpoint}"),
         "-o".into(),
-        format!("{SCRATCH_PROPERTY}={run}"),
+        format!("{SCRATCH_PROPERTY}={purpose}:{stamp}:{dataset}@{snapshot}"),
         format!("{dataset}@{snapshot}"),
         clone.into(),
     ])
@@ -1096,6 +1098,87 @@ pub fn scratch_owner_argv(clone: &str) -> Vec<String> {
         .map(|s| s.to_string())
         .chain([clone.to_owned()])
         .collect()
+}
+
+/// `zfs get -H -r -s local -o name,value spoolkeeper:scratch POOL`: the scratch clones of a
+/// pool (only datasets where the property is set print a line; no `-t`: zfs-fuse has none).
+pub fn scratch_listing_argv(pool: &str) -> Vec<String> {
+    [
+        "zfs",
+        "get",
+        "-H",
+        "-r",
+        "-s",
+        "local",
+        "-o",
+        "name,value",
+        SCRATCH_PROPERTY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([pool.to_owned()])
+    .collect()
+}
+
+/// The clones [`scratch_listing_argv`] printed; lines that are not a scratch clone's are
+/// skipped (a hand-set property on another dataset is never taken for one).
+pub fn parse_scratch(out: &str) -> Vec<crate::model::ScratchClone> {
+    let mut v = Vec::new();
+    for l in out.lines() {
+        let Some((name, value)) = l.split_once('\t') else {
+            continue;
+        };
+        if !is_scratch_name(name) {
+            continue;
+        }
+        let mut parts = value.trim().splitn(3, ':');
+        let (Some(purpose), Some(stamp), Some(origin)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Some((ds, snap)) = origin.split_once('@') else {
+            continue;
+        };
+        let since = stamp
+            .split('_')
+            .next()
+            .and_then(|t| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", t).ok())
+            .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp());
+        v.push(crate::model::ScratchClone {
+            name: name.to_owned(),
+            purpose: purpose.to_owned(),
+            since,
+            origin_dataset: ds.to_owned(),
+            origin_snapshot: snap.to_owned(),
+        });
+    }
+    v
+}
+
+/// The teardown of a scratch clone as one fixed script (the name is its positional argument):
+/// refuse a dataset not marked as scratch, then destroy it, retrying while busy (zfs-fuse and
+/// a just-stopped server); one that does not exist any more is done.
+pub fn teardown_scratch_argv(clone: &str) -> Result<Vec<String>, String> {
+    if !is_scratch_name(clone) {
+        return Err(format!(
+            "refusing to destroy `{clone}`: not a scratch clone"
+        ));
+    }
+    Ok(vec![
+        "sh".into(),
+        "-c".into(),
+        concat!(
+            "v=$(zfs get -H -o value spoolkeeper:scratch \"$1\" 2>/dev/null); ",
+            "if [ \"$v\" = - ]; then echo \"$1 is not a scratch clone\" >&2; exit 1; fi; ",
+            "i=0; while :; do out=$(zfs destroy \"$1\" 2>&1) && exit 0; ",
+            "case $out in *'does not exist'*) exit 0 ;; esac; ",
+            "i=$((i+1)); if [ $i -ge 10 ]; then echo \"$out\" >&2; exit 1; fi; sleep 1; done"
+        )
+        .into(),
+        "sh".into(),
+        clone.into(),
+    ])
 }
 
 /// A destroy that may succeed when retried: zfs-fuse (and OpenZFS under load) reports a clone

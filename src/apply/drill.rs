@@ -524,7 +524,22 @@ async fn drill_inner(
     if let Ok(t) = lmtp_t {
         t.close().await;
     }
-    let (verdict, reasons) = drill::verdict(rto.is_some(), &probes, replay_failed);
+    let (verdict, mut reasons) = drill::verdict(rto.is_some(), &probes, replay_failed);
+    // an apply that moved the service tore the clone down under us (docs/DOMAIN.md)
+    let ours = scratch.lock().unwrap_or_else(|p| p.into_inner()).clone_of();
+    let mut verdict = verdict;
+    if let Some((n, clone)) = ours
+        && let Some(h) = conns.node(&n)
+        && let Ok(o) = h
+            .run(&crate::adapters::zfs::scratch_owner_argv(&clone))
+            .await
+        && !o.success()
+    {
+        reasons.push(format!(
+            "the drill clone {clone} was torn down during the drill (an apply moved the service)"
+        ));
+        verdict = Verdict::Fail;
+    }
     Ok(Report {
         cluster: spec.name.to_string(),
         instance: instance.to_owned(),

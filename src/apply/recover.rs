@@ -209,6 +209,13 @@ pub struct Scratch {
     clone: Option<(String, String, String)>,
 }
 
+impl Scratch {
+    /// The clone registered (node, name), if any.
+    pub fn clone_of(&self) -> Option<(String, String)> {
+        self.clone.as_ref().map(|(n, c, _)| (n.clone(), c.clone()))
+    }
+}
+
 fn cmd_err(host: &Host, argv: &[String], out: &Output) -> RestoreError {
     RestoreError::Command {
         host: host.label().to_owned(),
@@ -573,6 +580,7 @@ pub async fn expose(
         &clone,
         &mp,
         x.readonly,
+        x.purpose,
         &st,
     )
     .map_err(RestoreError::Request)?;

@@ -224,6 +224,9 @@ enum Command {
     Check {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Where the journal is (the last drill that passed is read from it).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Run the reconcile loop until stopped: schedules, requeue with backoff, Prometheus
     /// metrics. SIGTERM/SIGINT: running actions finish, locks are released, exit 0 (a second
@@ -280,7 +283,10 @@ pub fn main() -> ExitCode {
             default_output(output) == Output::Json,
             &state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
         ),
-        Command::Check { file } => status::check_main(&file),
+        Command::Check { file, state_dir } => status::check_main(
+            &file,
+            &state_dir.unwrap_or_else(crate::state::journal::default_state_dir),
+        ),
         Command::Controller {
             file,
             metrics_addr,

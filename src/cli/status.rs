@@ -56,8 +56,8 @@ pub fn status_main(file: &Path, json: bool, state_dir: &Path) -> u8 {
 
 /// `spoolkeeper check -f FILE`: one Nagios line on stdout, exit 0/1/2/3. A bad spec or a
 /// failure to observe is UNKNOWN (3) with a message, as monitoring plugins do.
-pub fn check_main(file: &Path) -> u8 {
-    let r = check_files(file);
+pub fn check_main(file: &Path, state_dir: &Path) -> u8 {
+    let r = check_files(file, state_dir);
     println!("{}", r.line());
     u8::try_from(r.state.exit_code()).unwrap_or(3)
 }
@@ -71,7 +71,7 @@ fn unknown(summary: String) -> CheckResult {
     }
 }
 
-fn check_files(file: &Path) -> CheckResult {
+fn check_files(file: &Path, state_dir: &Path) -> CheckResult {
     let specs = match super::load::specs(file) {
         Ok(s) => s,
         Err(e) => {
@@ -109,7 +109,12 @@ fn check_files(file: &Path) -> CheckResult {
             } else {
                 String::new()
             };
-            let mut r = check_labeled(s, &o, Timestamp::now(), &prefix);
+            let now = Timestamp::now();
+            let r = check_labeled(s, &o, now, &prefix);
+            let records = crate::state::journal::Journal::read(state_dir, s.name.as_str());
+            let mut parts = vec![r];
+            parts.extend(crate::decide::drill::checks(s, &records, now, &prefix));
+            let mut r = CheckResult::combine(&parts);
             if several {
                 r.summary = format!("{}: {}", s.name, r.summary);
             }
@@ -129,11 +134,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("bad.yaml");
         std::fs::write(&f, "apiVersion: spoolkeeper/v1\nkind: Nope\n").unwrap();
-        let r = check_files(&f);
+        let r = check_files(&f, dir.path());
         assert_eq!(r.state, CheckState::Unknown);
         assert!(r.summary.starts_with("invalid spec"), "{}", r.summary);
         assert!(!r.line().contains('\n'));
-        assert_eq!(check_main(&f), 3);
+        assert_eq!(check_main(&f, dir.path()), 3);
         assert_eq!(status_main(&f, false, dir.path()), 1);
     }
 }

@@ -271,6 +271,7 @@ async fn turn(shared: &Shared, s: &Spec) -> Turn {
     m.set_blocked(c, &rules);
     let now = Timestamp::now();
     let records = Journal::read(&opts.state_dir, c);
+    m.set_drills(c, &records);
     let mut wake = None;
     let error = (out.ended == Ended::Failed).then(|| {
         let mut e = out.messages.join("; ");

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub lock_waits: Family<Labels, Counter>,
     pub spec_valid: Family<Labels, Gauge>,
     pub send_progress_bytes: Family<Labels, Gauge>,
+    pub drill_last_success: Family<Labels, FGauge>,
     /// The label sets each cluster set last time, to drop the ones that vanished.
     state_labels: Mutex<BTreeMap<String, Vec<(&'static str, Labels)>>>,
 }
@@ -89,6 +90,7 @@ impl Metrics {
             lock_waits: Family::default(),
             spec_valid: Family::default(),
             send_progress_bytes: Family::default(),
+            drill_last_success: Family::default(),
             state_labels: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
@@ -197,7 +199,23 @@ impl Metrics {
             "Bytes of a replication stream sent so far, while it runs (label action)",
             m.send_progress_bytes.clone(),
         );
+        r.register(
+            "drill_last_success_timestamp_seconds",
+            "When a drill of the instance last passed (from the journal; absent before the first)",
+            m.drill_last_success.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// The last passed drill of each instance of `cluster`, from its journal.
+    pub fn set_drills(&self, cluster: &str, records: &[crate::state::journal::Record]) {
+        for (inst, (pass, _)) in crate::decide::drill::last_drills(records) {
+            if let Some(t) = pass {
+                self.drill_last_success
+                    .get_or_create(&labels(&[("cluster", cluster), ("instance", &inst)]))
+                    .set(t.as_millisecond() as f64 / 1000.0);
+            }
+        }
     }
 
     /// The text exposition.
@@ -361,4 +379,39 @@ pub fn cluster(c: &str, more: &[(&str, &str)]) -> Labels {
     let mut l = labels(&[("cluster", c)]);
     l.extend(labels(more));
     l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::history::{Phase, Record};
+
+    #[test]
+    fn the_last_passed_drill_is_exported_failed_ones_are_not() {
+        let rec = |phase, at: &str| Record {
+            at: at.parse().unwrap(),
+            run: "r".into(),
+            action: "drill:students".into(),
+            phase,
+            detail: None,
+            done: None,
+        };
+        let m = Metrics::new();
+        m.set_drills("lab", &[rec(Phase::Failed, "2026-12-01T00:00:00Z")]);
+        assert!(!m.render().contains("drill_last_success_timestamp_seconds{"));
+        m.set_drills(
+            "lab",
+            &[
+                rec(Phase::Done, "2026-12-01T00:00:00Z"),
+                rec(Phase::Failed, "2026-12-02T00:00:00Z"),
+            ],
+        );
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("spoolkeeper_drill_last_success_timestamp_seconds{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("instance=\"students\""), "{line}");
+        assert!(line.ends_with(" 1796083200.0"), "{line}");
+    }
 }

@@ -8,7 +8,7 @@
 //! it. Found is what the probe sees over IMAP in the drill copy; a drill passes when nothing
 //! expected is missing for any probe, the copy served IMAP, and every replay was accepted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -120,6 +120,84 @@ pub fn verdict(served: bool, probes: &[Probe], replay_failed: usize) -> (Verdict
     )
 }
 
+/// Per instance, from the journal: (last drill that passed, last drill that ran).
+pub fn last_drills(
+    records: &[crate::plan::history::Record],
+) -> BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)> {
+    use crate::plan::history::Phase;
+    let mut out: BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)> = BTreeMap::new();
+    for r in records {
+        let Some(inst) = r.action.strip_prefix("drill:") else {
+            continue;
+        };
+        let e = out.entry(inst.to_owned()).or_default();
+        match r.phase {
+            Phase::Done => {
+                e.0 = e.0.max(Some(r.at));
+                e.1 = e.1.max(Some(r.at));
+            }
+            Phase::Failed => e.1 = e.1.max(Some(r.at)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `check`'s drill results: per instance with a drill block, WARNING when no drill passed
+/// within its `warn_after` (or none ever did), with the age as perfdata.
+pub fn checks(
+    spec: &crate::spec::Spec,
+    records: &[crate::plan::history::Record],
+    now: Timestamp,
+    prefix: &str,
+) -> Vec<crate::decide::rpo::CheckResult> {
+    use crate::decide::rpo::{CheckResult, CheckState};
+    let last = last_drills(records);
+    let mut out = Vec::new();
+    for (name, inst) in &spec.spec.instances {
+        let Some(d) = &inst.drill else {
+            continue;
+        };
+        let warn = d.warn_after.as_secs();
+        let label = format!("{prefix}drill_age_{name}");
+        let (pass, ran) = last.get(name.as_str()).copied().unwrap_or_default();
+        let r = match pass {
+            Some(t) => {
+                let age = now.as_second().saturating_sub(t.as_second()).max(0);
+                let ok = u64::try_from(age).unwrap_or(0) <= warn;
+                CheckResult {
+                    state: if ok {
+                        CheckState::Ok
+                    } else {
+                        CheckState::Warning
+                    },
+                    summary: if ok {
+                        format!("last drill of {name} passed {}h ago", age / 3600)
+                    } else {
+                        format!(
+                            "no drill of {name} passed for {}d (last pass {t}; run `spoolkeeper drill`)",
+                            age / 86_400
+                        )
+                    },
+                    perfdata: format!("{label}={age}s;{warn};;0;"),
+                    age_seconds: None,
+                }
+            }
+            None => CheckResult {
+                state: CheckState::Warning,
+                summary: match ran {
+                    Some(t) => format!("no drill of {name} ever passed (the last, {t}, failed)"),
+                    None => format!("no drill of {name} has run yet (`spoolkeeper drill`)"),
+                },
+                perfdata: format!("{label}=U;{warn};;0;"),
+                age_seconds: None,
+            },
+        };
+        out.push(r);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +234,50 @@ mod tests {
         ];
         let e = expected(&live, Timestamp::from_second(100).unwrap(), &["<d>".into()]);
         assert_eq!(e, ["<a>", "<d>"].iter().map(|s| s.to_string()).collect());
+    }
+
+    fn rec(
+        action: &str,
+        phase: crate::plan::history::Phase,
+        at: &str,
+    ) -> crate::plan::history::Record {
+        crate::plan::history::Record {
+            at: at.parse().unwrap(),
+            run: "r".into(),
+            action: action.into(),
+            phase,
+            detail: None,
+            done: None,
+        }
+    }
+
+    #[test]
+    fn check_warns_when_no_drill_passed_within_warn_after() {
+        use crate::decide::rpo::CheckState;
+        use crate::plan::history::Phase;
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab.yaml"))
+                .unwrap();
+        let spec = crate::spec::parse(std::path::Path::new("lab.yaml"), text.as_bytes()).unwrap();
+        let now: Timestamp = "2026-12-10T00:00:00Z".parse().unwrap();
+        let never = checks(&spec, &[], now, "");
+        assert_eq!(never.len(), 1, "only students has a drill block");
+        assert_eq!(never[0].state, CheckState::Warning);
+        let recent = vec![
+            rec("drill:students", Phase::Done, "2026-12-08T00:00:00Z"),
+            rec("drill:students", Phase::Failed, "2026-12-09T00:00:00Z"),
+        ];
+        let c = checks(&spec, &recent, now, "");
+        assert_eq!(c[0].state, CheckState::Ok, "{}", c[0].summary);
+        assert!(
+            c[0].perfdata
+                .starts_with("drill_age_students=172800s;604800;")
+        );
+        let old = vec![rec("drill:students", Phase::Done, "2026-12-01T00:00:00Z")];
+        assert_eq!(checks(&spec, &old, now, "")[0].state, CheckState::Warning);
+        let failed = vec![rec("drill:students", Phase::Failed, "2026-12-09T00:00:00Z")];
+        let f = checks(&spec, &failed, now, "");
+        assert!(f[0].summary.contains("failed"), "{}", f[0].summary);
     }
 
     proptest! {

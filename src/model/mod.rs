@@ -273,6 +273,25 @@ pub struct NodeObservation {
     pub postfix: Option<PostfixObservation>,
     /// Commands that failed while the host was reachable (the observation is partial).
     pub errors: Vec<String>,
+    /// spoolkeeper's scratch clones on the node (a running or crashed `restore` or `drill`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scratch: Vec<ScratchClone>,
+}
+
+/// A clone `restore` or `drill` made (marked with the `spoolkeeper:scratch` property,
+/// `PURPOSE:STAMP:DATASET@SNAPSHOT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScratchClone {
+    /// The clone's dataset name.
+    pub name: String,
+    /// `restore` or `drill`.
+    pub purpose: String,
+    /// When it was made (from its stamp), if it parses.
+    pub since: Option<Timestamp>,
+    /// The dataset it was cloned from.
+    pub origin_dataset: String,
+    /// The snapshot it was cloned from (it cannot be destroyed while the clone exists).
+    pub origin_snapshot: String,
 }
 
 impl NodeObservation {
@@ -289,6 +308,7 @@ impl NodeObservation {
             instances: BTreeMap::new(),
             postfix: None,
             errors: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 

@@ -224,6 +224,7 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
     // Second round trip: everything else, in one batch.
     let mut b = Batch::new();
     let listing = b.push(zfs::listing_argv(&props, &datasets));
+    let scratch_at = b.push(zfs::scratch_listing_argv(&pool));
     let uses_ezjail = s
         .spec
         .instances
@@ -276,6 +277,19 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
             .collect();
         if !l.success() && !zfs::only_missing_datasets(&stderr) {
             errors.push(format!("zfs get exited {:?}: {}", l.status, stderr.trim()));
+        }
+    }
+
+    if let Some(o) = outs.get(scratch_at) {
+        if o.success() {
+            obs.scratch = zfs::parse_scratch(&o.stdout_text());
+        } else {
+            errors.push(format!(
+                "zfs get {} exited {:?}: {}",
+                zfs::SCRATCH_PROPERTY,
+                o.status,
+                o.stderr_text().trim()
+            ));
         }
     }
 

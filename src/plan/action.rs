@@ -190,6 +190,16 @@ pub enum ActionKind {
     Hold { dataset: String, snapshot: String },
     /// `zfs release spoolkeeper dataset@snapshot`: the base moved on.
     Release { dataset: String, snapshot: String },
+    /// Tear down a scratch clone of `restore` or `drill` (`stop`: the drill copy's stop argv,
+    /// run first), then `zfs destroy` it: before a promotion of its instance (the service moves;
+    /// a failover never waits on a rehearsal), or when it is stale (its run died).
+    TeardownScratch {
+        clone: String,
+        origin_dataset: String,
+        /// The instance whose drill copy serves from the clone (its drill block's `stop`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drill: Option<String>,
+    },
     /// Destroy snapshots the retention policy owns and no longer keeps. `batch` is the
     /// host's comma syntax support: one command for all, else one per snapshot.
     DestroySnapshots {
@@ -230,6 +240,7 @@ impl ActionKind {
             ActionKind::Hold { .. } => "hold",
             ActionKind::Release { .. } => "release",
             ActionKind::DestroySnapshots { .. } => "destroy_snapshots",
+            ActionKind::TeardownScratch { .. } => "teardown_scratch",
         }
     }
 
@@ -260,6 +271,7 @@ impl ActionKind {
             | ActionKind::StopInstance { .. }
             | ActionKind::Release { .. }
             | ActionKind::DestroySnapshots { .. }
+            | ActionKind::TeardownScratch { .. }
             | ActionKind::PurgeArchive { .. }
             | ActionKind::DropQueued { .. } => Effect::Remove,
         }
@@ -271,6 +283,7 @@ impl ActionKind {
         matches!(
             self,
             ActionKind::DestroySnapshots { .. }
+                | ActionKind::TeardownScratch { .. }
                 | ActionKind::PurgeArchive { .. }
                 | ActionKind::DropQueued { .. }
                 | ActionKind::Rollback { .. }
@@ -435,6 +448,14 @@ impl ActionKind {
                 snapshots.len(),
                 snapshots.join(", ")
             ),
+            ActionKind::TeardownScratch { clone, drill, .. } => format!(
+                "tear down scratch clone {clone}{}",
+                if drill.is_some() {
+                    " (stop its drill copy, then destroy it)"
+                } else {
+                    " (destroy it)"
+                }
+            ),
         }
     }
 }
@@ -466,6 +487,7 @@ impl Action {
             ActionKind::Snapshot { dataset, .. } | ActionKind::DestroySnapshots { dataset, .. } => {
                 dataset.clone()
             }
+            ActionKind::TeardownScratch { clone, .. } => clone.clone(),
             ActionKind::WriteFile { path, .. } => path.clone(),
             ActionKind::Postconf { .. } => "main.cf".into(),
             ActionKind::PurgeArchive { instance, .. }
@@ -591,7 +613,11 @@ impl Action {
             | ActionKind::PreserveDelta { dataset, .. }
             | ActionKind::Hold { dataset, .. }
             | ActionKind::Release { dataset, .. }
-            | ActionKind::DestroySnapshots { dataset, .. } => vec![(ds(&node, dataset), Write)],
+            | ActionKind::DestroySnapshots { dataset, .. }
+            | ActionKind::TeardownScratch {
+                origin_dataset: dataset,
+                ..
+            } => vec![(ds(&node, dataset), Write)],
             ActionKind::Mount { dataset } | ActionKind::Unmount { dataset } => {
                 // a mounted writable copy is one users can write: who serves changes
                 let mut v = vec![(ds(&node, dataset), Write)];

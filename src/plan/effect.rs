@@ -135,6 +135,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
                 d.snapshots.retain(|s| !snapshots.contains(&s.name));
             }
         }
+        ActionKind::TeardownScratch { clone, .. } => n.scratch.retain(|c| c.name != *clone),
         ActionKind::Replicate { .. }
         | ActionKind::Fence { .. }
         | ActionKind::ForgetFence { .. }

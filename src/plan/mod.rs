@@ -93,6 +93,9 @@ pub fn plan(spec: &Spec, obs: &Observation, now: Timestamp, ctx: &Context) -> Pl
     plan
 }
 
+/// A scratch clone older than this is left over by a dead `restore` or `drill` run.
+pub const SCRATCH_STALE: jiff::SignedDuration = jiff::SignedDuration::from_hours(6);
+
 /// What a replica will hold after this plan: the purge needs the least advanced one.
 #[derive(Debug, Clone)]
 struct ReplicaBase {
@@ -269,6 +272,8 @@ impl<'a> Planner<'a> {
             let here = self.serving_node(&active, name.as_str(), inst);
             serving.insert(name.to_string(), here);
         }
+        // Scratch clones in the way of a moving service, or left by a dead run, first.
+        self.scratch(&active);
         // The archive first: every instance start reads the BCC configuration it writes.
         if self.spec.spec.archive.is_some() {
             self.archive_config(&serving);
@@ -327,6 +332,93 @@ impl<'a> Planner<'a> {
             },
             reason,
         )
+    }
+
+    /// Snapshots of `dataset` on `node` that a scratch clone depends on: retention keeps them
+    /// (a destroy would fail, and with it the whole batch) until the clone is gone.
+    fn scratch_origins(
+        &self,
+        node: &NodeName,
+        dataset: &str,
+    ) -> Vec<crate::decide::retention::SnapshotRef> {
+        self.node(node)
+            .map(|o| {
+                o.scratch
+                    .iter()
+                    .filter(|c| c.origin_dataset == dataset)
+                    .map(|c| crate::decide::retention::SnapshotRef::Name(c.origin_snapshot.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Tear down the scratch clones (`restore`, `drill`) of an instance that does not run on
+    /// the spec's active node (a start or promotion follows: a rehearsal never holds up the
+    /// service, docs/DOMAIN.md), and any older than [`SCRATCH_STALE`] (its run died). The
+    /// teardown writes the clone's origin dataset, so the promotion steps on that copy come
+    /// after it.
+    fn scratch(&mut self, active: &NodeName) {
+        let spec: &'a Spec = self.spec;
+        let obs: &'a Observation = self.obs;
+        for (node, n_obs) in &obs.nodes {
+            if !n_obs.reachability.is_reachable() {
+                continue;
+            }
+            let pool = spec
+                .spec
+                .nodes
+                .iter()
+                .find(|(n, _)| n.as_str() == node)
+                .map(|(_, n)| n.pool.to_string())
+                .unwrap_or_default();
+            for c in &n_obs.scratch {
+                let inst = c
+                    .origin_dataset
+                    .strip_prefix(&format!("{pool}/"))
+                    .and_then(|rel| {
+                        spec.spec
+                            .instances
+                            .iter()
+                            .find(|(_, i)| i.dataset.as_str() == rel)
+                    });
+                let moving = inst.is_some_and(|(name, _)| {
+                    obs.nodes
+                        .get(active.as_str())
+                        .and_then(|o| o.instances.get(name.as_str()))
+                        .map(|s| s.state)
+                        != Some(crate::model::RunState::Running)
+                });
+                let age = c.since.map(|t| self.now.duration_since(t));
+                let stale = age.is_none_or(|a: jiff::SignedDuration| a > SCRATCH_STALE);
+                if !moving && !stale {
+                    continue;
+                }
+                let reason = if moving {
+                    format!(
+                        "the service of {} is about to start on {active}: the {} clone goes first",
+                        inst.map(|(n, _)| n.to_string()).unwrap_or_default(),
+                        c.purpose
+                    )
+                } else {
+                    format!(
+                        "a {} clone older than {} h: the run that made it is gone",
+                        c.purpose,
+                        SCRATCH_STALE.as_hours()
+                    )
+                };
+                self.plan.add(Action::new(
+                    Target::Node(node.clone()),
+                    ActionKind::TeardownScratch {
+                        clone: c.name.clone(),
+                        origin_dataset: c.origin_dataset.clone(),
+                        drill: (c.purpose == "drill")
+                            .then(|| inst.map(|(n, _)| n.to_string()))
+                            .flatten(),
+                    },
+                    reason,
+                ));
+            }
+        }
     }
 
     /// Is any other node out of sight (so promoting a replica is a failover)?

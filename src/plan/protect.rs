@@ -101,7 +101,8 @@ impl Planner<'_> {
         let after_snapshot: Vec<graph::Id> = snap_id.into_iter().chain(created).collect();
 
         // 2. Replication to every other reachable node.
-        let mut protected_on_active: Vec<crate::decide::retention::SnapshotRef> = Vec::new();
+        let mut protected_on_active: Vec<crate::decide::retention::SnapshotRef> =
+            self.scratch_origins(active, &ds);
         let mut prune_active = true;
         let mut before_prune_active: Vec<graph::Id> = after_snapshot.clone();
         let mut replicas: Vec<ReplicaBase> = Vec::new();
@@ -329,7 +330,8 @@ impl Planner<'_> {
             }
             if let Some(t) = t_ds.filter(|_| third_known) {
                 let keep = snaps_spec.keep_passive.unwrap_or(snaps_spec.keep);
-                let mut protect: Vec<crate::decide::retention::SnapshotRef> = Vec::new();
+                let mut protect: Vec<crate::decide::retention::SnapshotRef> =
+                    self.scratch_origins(other, &tds);
                 for b in [&observed_base, &new_base]
                     .into_iter()
                     .flatten()

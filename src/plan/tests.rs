@@ -1439,3 +1439,144 @@ fn deliveries_queued_on_a_promoted_replica_are_replaced_by_a_replay_of_every_hel
         "{text}"
     );
 }
+
+fn scratch_clone(
+    name: &str,
+    origin: &str,
+    snapshot: &str,
+    purpose: &str,
+    since: &str,
+) -> crate::model::ScratchClone {
+    crate::model::ScratchClone {
+        name: name.into(),
+        purpose: purpose.into(),
+        since: Some(since.parse().unwrap()),
+        origin_dataset: origin.into(),
+        origin_snapshot: snapshot.into(),
+    }
+}
+
+fn destroyed(p: &Plan) -> Vec<String> {
+    p.actions()
+        .into_iter()
+        .filter_map(|a| match &a.kind {
+            ActionKind::DestroySnapshots { snapshots, .. } => Some(snapshots.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_running_drill_is_left_alone_and_its_origin_kept_by_retention() {
+    let mut o = converged();
+    let old = snap("sk_20251101T000000Z", 1, "2025-11-01T00:00:00Z", 1);
+    for n in ["node-a", "node-b"] {
+        o.nodes.get_mut(n).unwrap().datasets[1]
+            .snapshots
+            .insert(0, old.clone());
+    }
+    let s = spec_with("node-a", &[]);
+    // without a clone, retention prunes the old snapshot on both nodes
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert_eq!(destroyed(&p).len(), 2, "{}", render::text(&p, None));
+    // a drill cloned it on node-b 5 minutes ago: kept there, the drill left alone
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .scratch
+        .push(scratch_clone(
+            "zdata/imap/staff_sk_drill_20261128T115500Z_7",
+            "zdata/imap/staff",
+            "sk_20251101T000000Z",
+            "drill",
+            "2026-11-28T11:55:00Z",
+        ));
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(
+        !kinds(&p).iter().any(|k| k.contains("teardown")),
+        "{}",
+        render::text(&p, None)
+    );
+    let on_b: Vec<_> = p
+        .actions()
+        .into_iter()
+        .filter(|a| a.id.starts_with("node-b:destroy"))
+        .cloned()
+        .collect();
+    assert!(on_b.is_empty(), "the clone's origin stays: {on_b:?}");
+    assert_eq!(destroyed(&p).len(), 1, "still pruned on node-a");
+}
+
+#[test]
+fn a_moving_service_tears_the_drill_down_first_and_a_stale_clone_goes() {
+    // a switchover to node-b while a drill of staff runs there
+    let s = spec_with("node-b", &[]);
+    let mut o = before_move();
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .scratch
+        .push(scratch_clone(
+            "zdata/imap/staff_sk_drill_20261128T115500Z_7",
+            "zdata/imap/staff",
+            BASE,
+            "drill",
+            "2026-11-28T11:55:00Z",
+        ));
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert!(!p.is_blocked(), "{}", render::text(&p, Some(&s)));
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} not in {ids:#?}"))
+    };
+    let t = pos("node-b:teardown_scratch:zdata/imap/staff_sk_drill_");
+    for later in [
+        "node-b:set_readonly:zdata/imap/staff",
+        "node-b:mount:zdata/imap/staff",
+        "node-b:start_instance:staff",
+    ] {
+        assert!(
+            t < pos(later),
+            "teardown before {later}\n{}",
+            render::text(&p, Some(&s))
+        );
+    }
+    let teardown = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id.contains("teardown"))
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&teardown.kind, ActionKind::TeardownScratch { drill: Some(i), .. } if i == "staff"),
+        "{teardown:?}"
+    );
+    assert!(p.check(&s).is_empty(), "{:?}", p.check(&s));
+
+    // nothing moves, but a restore clone made 7 hours ago is left over: it goes
+    let s = spec_with("node-a", &[]);
+    let mut o = converged();
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .scratch
+        .push(scratch_clone(
+            "zdata/imap/students_sk_restore_20261128T050000Z_9",
+            "zdata/imap/students",
+            BASE,
+            "restore",
+            "2026-11-28T05:00:00Z",
+        ));
+    let p = plan(&s, &o, now(), &converged_ctx());
+    assert_eq!(
+        kinds(&p),
+        vec!["node-b:teardown_scratch:zdata/imap/students_sk_restore_20261128T050000Z_9"],
+        "{}",
+        render::text(&p, None)
+    );
+    // and a name that is not a scratch clone's is never torn down by its listing
+    assert!(crate::adapters::zfs::teardown_scratch_argv("zdata/imap/students").is_err());
+}

@@ -231,7 +231,7 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
             }
             for key in ["imap", "lmtp"] {
                 let v = if key == "imap" { &d.imap } else { &d.lmtp };
-                if v.parse::<std::net::SocketAddr>().is_err() {
+                if v.parse::<core::net::SocketAddr>().is_err() {
                     p.value(
                         &["spec", "instances", i, "drill", key],
                         format!("`{v}` is not ADDRESS:PORT (`127.0.0.1:10143`)"),

@@ -572,6 +572,8 @@ pub fn run(
             }
             Ok(())
         }
+        // the simulated world has no scratch clones: a teardown finds nothing to destroy
+        ActionKind::TeardownScratch { .. } => Ok(()),
         ActionKind::DestroySnapshots {
             dataset, snapshots, ..
         } => {

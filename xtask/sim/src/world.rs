@@ -408,6 +408,7 @@ impl World {
                         files: n.files.clone(),
                     }),
                     errors: Vec::new(),
+                    scratch: Vec::new(),
                 },
             );
         }
