@@ -195,7 +195,92 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
         "check",
     )?;
 
-    step("6. switchover: one-line edit `active: node-b`, plan, apply");
+    step(
+        "6. restore: carol deletes her mail; restore --list, --dry-run, restore, a rerun adds nothing",
+    );
+    let c1 = send(Instance::Students, "carol@students.lab", 4)?;
+    read_back(Instance::Students, "carol@students.lab", &c1)?;
+    // a snapshot now (this demo's spec variant takes one every second), replicated
+    let due = st.join("lab-due.yaml");
+    let text = std::fs::read_to_string(a).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &due,
+        text.replace("    every: 1m\n    keep:", "    every: 1s\n    keep:"),
+    )
+    .map_err(|e| e.to_string())?;
+    let due = due.to_str().unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(1));
+    expect(
+        spoolkeeper(bin, &["apply", "-f", due], st)?,
+        &[0],
+        "apply (snapshot)",
+    )?;
+    expect(
+        spoolkeeper(bin, &["apply", "-f", a], st)?,
+        &[0],
+        "apply (replication)",
+    )?;
+    let expunge: Vec<String> = [
+        "doveadm",
+        "expunge",
+        "-u",
+        "carol@students.lab",
+        "mailbox",
+        "*",
+        "ALL",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    lab::exec(Host::NodeA, &expunge).map_err(|e| e.to_string())?;
+    eprintln!("  carol's mailbox emptied on node-a (the live spool)");
+    let carol = ["--instance", "students", "--mailbox", "carol@students.lab"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v = vec!["restore", "-f", a];
+        v.extend(carol);
+        v.extend(extra);
+        v
+    };
+    expect(
+        spoolkeeper(bin, &with(&["--list"]), st)?,
+        &[0],
+        "restore --list",
+    )?;
+    expect(
+        spoolkeeper(bin, &with(&["--dry-run"]), st)?,
+        &[0],
+        "restore --dry-run",
+    )?;
+    let t = Instant::now();
+    expect(spoolkeeper(bin, &with(&[]), st)?, &[0], "restore")?;
+    eprintln!(
+        "  restored in {:.1?} (read on node-b through a clone, imported on node-a)",
+        t.elapsed()
+    );
+    read_back(Instance::Students, "carol@students.lab", &c1)?;
+    expect(
+        spoolkeeper(bin, &with(&[]), st)?,
+        &[0],
+        "restore again (nothing new)",
+    )?;
+    read_back(Instance::Students, "carol@students.lab", &c1)?;
+
+    step(
+        "7. drill: rehearse a failover on a clone on node-b, check probe mailboxes over IMAP, tear down",
+    );
+    expect(spoolkeeper(bin, &["drill", "-f", a], st)?, &[0], "drill")?;
+    expect(
+        spoolkeeper(bin, &["drill", "-f", a, "--output", "markdown"], st)?,
+        &[0],
+        "drill (markdown report)",
+    )?;
+    expect(
+        spoolkeeper(bin, &["check", "-f", a], st)?,
+        &[0, 1, 2, 3],
+        "check (reads the last drill)",
+    )?;
+
+    step("8. switchover: one-line edit `active: node-b`, plan, apply");
     let b = spec_with_active(st, "node-b", &[])?;
     let b = b.to_str().unwrap_or_default();
     expect(
@@ -220,13 +305,13 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
         "apply: replication node-b -> node-a",
     )?;
 
-    step("7. power loss of node-b (the active); mail keeps arriving; failover to node-a");
+    step("9. power loss of node-b (the active); mail keeps arriving; failover to node-a");
     let s3 = send(Instance::Students, "alice@students.lab", 3)?;
     all.extend(s3);
     // The BCC copy of a message leaves node-b's queue for the archive host a moment after
     // the message is accepted; cut the power once it has, so that the archive holds them.
     // (A copy still queued on a node that dies is not lost: it is handed over when the node
-    // returns, step 8; the read-back below checks the failover alone.)
+    // returns, step 10; the read-back below checks the failover alone.)
     wait_queue_empty(Host::NodeB)?;
     lab::kill(Host::NodeB).map_err(|e| e.to_string())?;
     eprintln!("  node-b killed: its last messages are only in the archive now");
@@ -246,7 +331,7 @@ fn tour(bin: &Path, st: &Path) -> Result<(), String> {
     eprintln!("  failover applied in {:.1?}", t.elapsed());
     read_back(Instance::Students, "alice@students.lab", &all)?;
 
-    step("8. node-b boots: it stays passive, its writes are preserved, it is resynced");
+    step("10. node-b boots: it stays passive, its writes are preserved, it is resynced");
     lab::boot(Host::NodeB).map_err(|e| e.to_string())?;
     expect(
         spoolkeeper(bin, &["apply", "-f", back], st)?,
@@ -288,11 +373,11 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
-/// Step 9, the controller: the same cluster reconciled on second-scale schedules while
+/// Step 11, the controller: the same cluster reconciled on second-scale schedules while
 /// mail flows, its metrics scraped, then a clean stop.
 fn controller(bin: &Path, spec: &Path, st: &Path) -> Result<(), String> {
     step(
-        "9. the controller: schedules (snapshots every 15s, replication every 30s), metrics, clean stop",
+        "11. the controller: schedules (snapshots every 15s, replication every 30s), metrics, clean stop",
     );
     let text = std::fs::read_to_string(spec).map_err(|e| e.to_string())?;
     let fast = text

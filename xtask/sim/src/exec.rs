@@ -297,6 +297,18 @@ pub fn run(
                     h.name
                 ));
             }
+            let later: Vec<String> = c.snaps[i + 1..].iter().map(|s| s.name.clone()).collect();
+            if let Some(x) = node_host(w, &node)?
+                .scratch
+                .iter()
+                .find(|x| x.dataset == *dataset && later.contains(&x.snapshot))
+            {
+                return Err(format!(
+                    "cannot destroy '{dataset}@{}': snapshot has dependent clones\nuse '-R' to destroy the following datasets:\n{}",
+                    x.snapshot, x.name
+                ));
+            }
+            let c = copy(w, &node, dataset)?;
             // What the rollback discards that nobody saved.
             let target = keys(&c.snaps[i].content);
             let mut discarded = keys(&c.live);
@@ -330,6 +342,10 @@ pub fn run(
                 .copies
                 .remove(dataset)
                 .ok_or_else(|| format!("cannot open '{dataset}': dataset does not exist"))?;
+            for x in n.scratch.iter_mut().filter(|x| x.dataset == *dataset) {
+                // a clone's origin follows the rename
+                x.dataset = to.clone();
+            }
             c.name = to.clone();
             c.instance = format!("{}-aside", c.instance);
             c.mounted = false;
@@ -572,14 +588,28 @@ pub fn run(
             }
             Ok(())
         }
-        // the simulated world has no scratch clones: a teardown finds nothing to destroy
-        ActionKind::TeardownScratch { .. } => Ok(()),
+        ActionKind::TeardownScratch { clone, .. } => {
+            // `zfs destroy` of the clone (gone already: done)
+            node_host(w, &node)?.scratch.retain(|c| c.name != *clone);
+            Ok(())
+        }
         ActionKind::DestroySnapshots {
             dataset, snapshots, ..
         } => {
             let prefix = spec.spec.snapshots.prefix.to_string();
+            let origins: Vec<String> = node_host(w, &node)?
+                .scratch
+                .iter()
+                .filter(|x| x.dataset == *dataset)
+                .map(|x| x.snapshot.clone())
+                .collect();
             let c = copy(w, &node, dataset)?;
             for name in snapshots {
+                if origins.contains(name) {
+                    return Err(format!(
+                        "cannot destroy snapshot {dataset}@{name}: snapshot has dependent clones"
+                    ));
+                }
                 if spoolkeeper::decide::retention::parse_owned(&prefix, name).is_none() {
                     v.push(format!(
                         "destroyed {node}:{dataset}@{name}, which prefix {prefix} does not own"

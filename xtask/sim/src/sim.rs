@@ -573,6 +573,58 @@ impl Sim {
                     self.fault("manual snapshot");
                 }
             }
+            8 => {
+                // a `restore` or `drill` clones a snapshot on a reachable node (a passive,
+                // mostly): the snapshot cannot be destroyed nor rolled back over meanwhile
+                let mut choices: Vec<(String, String, String)> = Vec::new();
+                for n in self.w.nodes.values().filter(|n| n.reachable()) {
+                    for (ds, c) in &n.copies {
+                        for sn in &c.snaps {
+                            choices.push((n.name.clone(), ds.clone(), sn.name.clone()));
+                        }
+                    }
+                }
+                if !choices.is_empty() {
+                    let (node, ds, snap) = choices[self.rng.random_range(0..choices.len())].clone();
+                    let purpose = if self.rng.random_bool(0.5) {
+                        "drill"
+                    } else {
+                        "restore"
+                    };
+                    self.txg += 1;
+                    let prefix = self.spec.spec.snapshots.prefix.to_string();
+                    let name = format!("{ds}_{prefix}_{purpose}_{}", self.txg);
+                    self.log(format!("a {purpose} clones {node}:{ds}@{snap} as {name}"));
+                    let since = self.w.now;
+                    if let Some(n) = self.w.nodes.get_mut(&node) {
+                        n.scratch.push(crate::world::Scratch {
+                            name,
+                            purpose,
+                            since,
+                            dataset: ds,
+                            snapshot: snap,
+                        });
+                    }
+                    self.fault("scratch clone");
+                }
+            }
+            9 => {
+                // a restore or drill run ends and destroys its clone (one whose run died
+                // stays until an apply finds it stale)
+                let mut all: Vec<(String, String)> = Vec::new();
+                for n in self.w.nodes.values().filter(|n| n.reachable()) {
+                    for c in &n.scratch {
+                        all.push((n.name.clone(), c.name.clone()));
+                    }
+                }
+                if !all.is_empty() && self.rng.random_bool(0.7) {
+                    let (node, name) = all[self.rng.random_range(0..all.len())].clone();
+                    if let Some(n) = self.w.nodes.get_mut(&node) {
+                        n.scratch.retain(|c| c.name != name);
+                    }
+                    self.fault("scratch run ends");
+                }
+            }
             _ => {}
         }
         Ok(())

@@ -102,6 +102,19 @@ pub struct Node {
     pub files: BTreeMap<String, String>,
     /// Content of each stream file `PreserveDelta` wrote (the saved writes).
     pub preserved: Vec<Arc<Mail>>,
+    /// Clones a `restore` or `drill` made (spoolkeeper:scratch): their origin snapshots cannot
+    /// be destroyed, nor rolled back over, while they exist.
+    pub scratch: Vec<Scratch>,
+}
+
+/// A scratch clone on a node.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    pub name: String,
+    pub purpose: &'static str,
+    pub since: Timestamp,
+    pub dataset: String,
+    pub snapshot: String,
 }
 
 impl Node {
@@ -225,6 +238,7 @@ impl World {
                         settings: default_settings(),
                         files: BTreeMap::new(),
                         preserved: Vec::new(),
+                        scratch: Vec::new(),
                         name,
                     },
                 )
@@ -408,7 +422,17 @@ impl World {
                         files: n.files.clone(),
                     }),
                     errors: Vec::new(),
-                    scratch: Vec::new(),
+                    scratch: n
+                        .scratch
+                        .iter()
+                        .map(|c| spoolkeeper::model::ScratchClone {
+                            name: c.name.clone(),
+                            purpose: c.purpose.to_owned(),
+                            since: Some(c.since),
+                            origin_dataset: c.dataset.clone(),
+                            origin_snapshot: c.snapshot.clone(),
+                        })
+                        .collect(),
                 },
             );
         }
