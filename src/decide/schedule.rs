@@ -36,6 +36,9 @@ pub enum Due {
     Replication { instance: String, node: String },
     /// A retention bucket closes (or a snapshot dated in the future becomes placeable).
     Prune { instance: String, node: String },
+    /// A scratch clone (`restore`, `drill`) on `node` outlives
+    /// [`crate::plan::SCRATCH_STALE`]: its run is gone and the teardown is due.
+    Scratch { clone: String, node: String },
     /// Nothing time-driven sooner: the periodic resync.
     Resync,
 }
@@ -47,6 +50,7 @@ impl Due {
             Due::Snapshot { .. } => "snapshot",
             Due::Replication { .. } => "replication",
             Due::Prune { .. } => "prune",
+            Due::Scratch { .. } => "scratch",
             Due::Resync => "resync",
         }
     }
@@ -60,6 +64,7 @@ impl std::fmt::Display for Due {
                 write!(f, "replication of {instance} to {node}")
             }
             Due::Prune { instance, node } => write!(f, "retention of {instance} on {node}"),
+            Due::Scratch { clone, node } => write!(f, "teardown of stale {clone} on {node}"),
             Due::Resync => f.write_str("periodic resync"),
         }
     }
@@ -171,6 +176,28 @@ pub fn dues(spec: &Spec, obs: &Observation, now: Timestamp) -> Vec<Wake> {
                     },
                 );
             }
+        }
+    }
+    // scratch clones: torn down once older than SCRATCH_STALE (the planner's `age >` test:
+    // the first instant after the deadline). One with no recorded start is due now.
+    for (node, n) in &obs.nodes {
+        if !n.reachability.is_reachable() {
+            continue;
+        }
+        for c in &n.scratch {
+            let at = c.since.map_or(now, |t| {
+                add(
+                    add(t, crate::plan::SCRATCH_STALE),
+                    SignedDuration::from_nanos(1),
+                )
+            });
+            push(
+                at,
+                Due::Scratch {
+                    clone: c.name.clone(),
+                    node: node.clone(),
+                },
+            );
         }
     }
     out.sort_by(|a, b| (a.at, &a.due).cmp(&(b.at, &b.due)));

@@ -613,11 +613,9 @@ impl Action {
             | ActionKind::PreserveDelta { dataset, .. }
             | ActionKind::Hold { dataset, .. }
             | ActionKind::Release { dataset, .. }
-            | ActionKind::DestroySnapshots { dataset, .. }
-            | ActionKind::TeardownScratch {
-                origin_dataset: dataset,
-                ..
-            } => vec![(ds(&node, dataset), Write)],
+            | ActionKind::DestroySnapshots { dataset, .. } => vec![(ds(&node, dataset), Write)],
+            // the clone itself; the planner orders it before every step on its origin copy
+            ActionKind::TeardownScratch { clone, .. } => vec![(ds(&node, clone), Write)],
             ActionKind::Mount { dataset } | ActionKind::Unmount { dataset } => {
                 // a mounted writable copy is one users can write: who serves changes
                 let mut v = vec![(ds(&node, dataset), Write)];

@@ -387,7 +387,8 @@ impl Planner<'_> {
         let theirs = Marks::of(self.copy(n, inst));
         self.spec.spec.nodes.keys().filter(|m| *m != n).any(|m| {
             let mine = Marks::of(self.copy(m, inst));
-            mine.phase(n.as_str()).is_some() && mine.holds_against(&theirs)
+            mine.phase(n.as_str()).is_some()
+                && mine.holds_against(&theirs, *m == self.spec.spec.active)
         })
     }
 
@@ -459,17 +460,22 @@ impl Planner<'_> {
             .keys()
             .filter(|n| *n != active && !self.reachable(n))
         {
+            // pending even when an earlier resync of it completed: it may have written
+            // since (it served, or an interrupted switchover left it writable)
             next.nodes
-                .entry(n.to_string())
-                .or_insert(super::ResyncPhase::Pending);
+                .insert(n.to_string(), super::ResyncPhase::Pending);
         }
         next.epoch = next.epoch.max(self.now.as_second());
         let lost: Vec<String> = next.nodes.keys().cloned().collect();
         let mut ids = Vec::new();
-        // A record already written by an interrupted run of the same failover is kept as it is.
+        // The record carries the time of this promotion, rewritten on every run that
+        // promotes: a record left by an earlier failover to this copy (another copy was
+        // promoted since, out of sight now) must not date this promotion back to it. An
+        // interrupted run of the same failover rewritten later only dates it later, still
+        // after every other copy's promotion it knew of.
         let record = Marks::of(Some(d));
         let mut last = None;
-        if record.nodes.keys().ne(next.nodes.keys()) || record.epoch == 0 {
+        if record.nodes != next.nodes || record.epoch < next.epoch {
             let mark = self.plan.add(Action::new(
                 host.clone(),
                 ActionKind::SetUserProperty {

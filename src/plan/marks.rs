@@ -87,8 +87,15 @@ impl Marks {
     }
 
     /// Does this record (on a copy promoted at `self.epoch`) still hold against the copy it
-    /// names, whose own record is `theirs`? Not when that copy was promoted later.
-    pub fn holds_against(&self, theirs: &Marks) -> bool {
+    /// names, whose own record is `theirs`? Not when that copy was promoted later. Two
+    /// promotions dated in the same second (each failover made while the other copy was out
+    /// of sight) are told apart by the spec: the copy on its active node (`mine_is_active`),
+    /// the operator's latest decision, holds; the other's record does not. Legacy records
+    /// (no epoch on either side) hold, as before epochs existed.
+    pub fn holds_against(&self, theirs: &Marks, mine_is_active: bool) -> bool {
+        if self.epoch == theirs.epoch && self.epoch > 0 {
+            return mine_is_active;
+        }
         self.epoch >= theirs.epoch
     }
 }
@@ -146,9 +153,15 @@ mod tests {
     fn the_newer_promotion_wins() {
         let old = Marks::decode("@100:node-a");
         let new = Marks::decode("@200:node-b");
-        assert!(new.holds_against(&old));
-        assert!(!old.holds_against(&new));
+        for active in [false, true] {
+            assert!(new.holds_against(&old, active));
+            assert!(!old.holds_against(&new, active));
+        }
         // legacy records on both sides: as before (the record holds)
-        assert!(Marks::decode("node-a").holds_against(&Marks::default()));
+        assert!(Marks::decode("node-a").holds_against(&Marks::default(), false));
+        // two promotions in the same second: the spec's active copy holds, the other does not
+        let a = Marks::decode("@300:node-b");
+        let b = Marks::decode("@300:node-a");
+        assert!(a.holds_against(&b, true) && !b.holds_against(&a, false));
     }
 }

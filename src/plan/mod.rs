@@ -286,6 +286,7 @@ impl<'a> Planner<'a> {
         if self.spec.spec.archive.is_some() {
             self.purge(&serving);
         }
+        self.scratch_in_the_way();
     }
 
     /// One replication step from `source` to `target` (where it runs follows the spec's
@@ -406,17 +407,117 @@ impl<'a> Planner<'a> {
                         SCRATCH_STALE.as_hours()
                     )
                 };
-                self.plan.add(Action::new(
-                    Target::Node(node.clone()),
-                    ActionKind::TeardownScratch {
-                        clone: c.name.clone(),
-                        origin_dataset: c.origin_dataset.clone(),
-                        drill: (c.purpose == "drill")
-                            .then(|| inst.map(|(n, _)| n.to_string()))
-                            .flatten(),
-                    },
-                    reason,
-                ));
+                self.plan.add(self.teardown(node, c, reason));
+            }
+        }
+    }
+
+    /// The `teardown_scratch` of clone `c` on `node`.
+    fn teardown(&self, node: &str, c: &crate::model::ScratchClone, reason: String) -> Action {
+        let pool = self
+            .spec
+            .spec
+            .nodes
+            .iter()
+            .find(|(n, _)| n.as_str() == node)
+            .map(|(_, n)| n.pool.to_string())
+            .unwrap_or_default();
+        let inst = c
+            .origin_dataset
+            .strip_prefix(&format!("{pool}/"))
+            .and_then(|rel| {
+                self.spec
+                    .spec
+                    .instances
+                    .iter()
+                    .find(|(_, i)| i.dataset.as_str() == rel)
+            })
+            .map(|(n, _)| n.to_string());
+        Action::new(
+            Target::Node(node.to_owned()),
+            ActionKind::TeardownScratch {
+                clone: c.name.clone(),
+                origin_dataset: c.origin_dataset.clone(),
+                drill: inst.filter(|_| c.purpose == "drill"),
+            },
+            reason,
+        )
+    }
+
+    /// A scratch clone whose origin a planned rollback destroys (a returning node's copy rolled
+    /// back over its later snapshots for its resync) is torn down before that rollback: found
+    /// by the simulator, a rollback that failed on "snapshot has dependent clones".
+    fn scratch_in_the_way(&mut self) {
+        let obs: &'a Observation = self.obs;
+        let rollbacks: Vec<(graph::Id, String, String, String)> = self
+            .plan
+            .graph
+            .node_indices()
+            .filter_map(
+                |id| match (&self.plan.graph[id].host, &self.plan.graph[id].kind) {
+                    (
+                        Target::Node(n),
+                        ActionKind::Rollback {
+                            dataset,
+                            snapshot,
+                            destroy_later: true,
+                        },
+                    ) => Some((id, n.clone(), dataset.clone(), snapshot.clone())),
+                    _ => None,
+                },
+            )
+            .collect();
+        for (rid, node, ds, target) in rollbacks {
+            let Some(n_obs) = obs.nodes.get(&node) else {
+                continue;
+            };
+            let Some(copy) = n_obs.dataset(&ds) else {
+                continue;
+            };
+            let at = |name: &str| copy.snapshots.iter().position(|s| s.name == name);
+            let Some(ti) = at(&target) else {
+                continue;
+            };
+            for c in n_obs.scratch.iter().filter(|c| c.origin_dataset == ds) {
+                if at(&c.origin_snapshot).is_some_and(|oi| oi > ti) {
+                    let reason = format!(
+                        "the rollback of {ds} to @{target} destroys @{}, which this {} clone depends on",
+                        c.origin_snapshot, c.purpose
+                    );
+                    let t = self.plan.add(self.teardown(&node, c, reason));
+                    self.plan.edge(t, rid);
+                }
+            }
+        }
+        // every teardown before every step on its origin copy (a teardown touches only its
+        // clone and follows nothing, so these edges never close a cycle)
+        let spec: &'a Spec = self.spec;
+        let ids: Vec<graph::Id> = self.plan.graph.node_indices().collect();
+        let teardowns: Vec<(graph::Id, String, String)> = ids
+            .iter()
+            .filter_map(
+                |id| match (&self.plan.graph[*id].host, &self.plan.graph[*id].kind) {
+                    (Target::Node(n), ActionKind::TeardownScratch { origin_dataset, .. }) => {
+                        Some((*id, n.clone(), origin_dataset.clone()))
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        for (t, node, ds) in teardowns {
+            let origin = action::Object::Dataset {
+                node: node.clone(),
+                dataset: ds.clone(),
+            };
+            for id in &ids {
+                if *id != t
+                    && self.plan.graph[*id]
+                        .accesses(spec)
+                        .iter()
+                        .any(|(o, _)| *o == origin)
+                {
+                    self.plan.edge(t, *id);
+                }
             }
         }
     }

@@ -145,7 +145,7 @@ impl Planner<'_> {
             let target_snaps = t_ds.map(|d| d.snapshots.as_slice());
             // A node that came back after a failover: preserve, roll back, resync; unless
             // the record is older than that node's own promotion (see `serving_node`).
-            let valid = marks.holds_against(&Marks::of(t_ds));
+            let valid = marks.holds_against(&Marks::of(t_ds), *active == spec.spec.active);
             match (marks.phase(other.as_str()).filter(|_| valid), t_ds) {
                 (Some(ResyncPhase::Pending), Some(t)) => {
                     // its mail is replayed once it is resynced: no purge meanwhile

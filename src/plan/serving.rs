@@ -35,7 +35,7 @@ impl Planner<'_> {
             if theirs.phase(active.as_str()).is_none() {
                 continue;
             }
-            if theirs.holds_against(&mine) {
+            if theirs.holds_against(&mine, false) {
                 self.plan.note(format!(
                     "{active} must be resynced from {other} before it serves {name}: {other} keeps serving this run; apply again to move {name} to {active}"
                 ));

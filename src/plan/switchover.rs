@@ -208,7 +208,30 @@ impl Planner<'_> {
         // copy from an older one is then known to be stale.
         let mut moved = super::Marks::of(Some(src));
         moved.nodes.remove(active.as_str());
-        let owed = super::marks::owed_replay(Some(src));
+        let mut owed = super::marks::owed_replay(Some(src));
+        // A move from a replica while another copy is out of sight (fenced: checked above) is
+        // a failover caught up through that replica: the copy out of sight may hold writes
+        // neither received. It is recorded to be resynced, like any failover's lost node,
+        // and the mail it accepted after the replica's newest snapshot is replayed.
+        let lost: Vec<String> = spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| *n != active && *n != old && !self.reachable(n))
+            .map(|n| n.to_string())
+            .collect();
+        for n in &lost {
+            moved.nodes.insert(n.clone(), super::ResyncPhase::Pending);
+        }
+        if !lost.is_empty() && owed.is_none() && spec.spec.archive.is_some() {
+            owed = Some(
+                src.snapshots
+                    .iter()
+                    .max_by(|a, b| crate::decide::retention::age_order(a, b))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+            );
+        }
         let mut records = Vec::new();
         moved.epoch = moved
             .epoch

@@ -1580,3 +1580,41 @@ fn a_moving_service_tears_the_drill_down_first_and_a_stale_clone_goes() {
     // and a name that is not a scratch clone's is never torn down by its listing
     assert!(crate::adapters::zfs::teardown_scratch_argv("zdata/imap/students").is_err());
 }
+
+#[test]
+fn the_scheduler_wakes_when_a_scratch_clone_turns_stale() {
+    // a restore clone made an hour ago on a converged cluster: nothing is planned now, and the
+    // scheduler's next wake is no later than the first instant the planner tears it down
+    let s = spec_with("node-a", &[]);
+    let mut o = converged();
+    let made: Timestamp = "2026-11-28T11:00:00Z".parse().unwrap();
+    o.nodes
+        .get_mut("node-b")
+        .unwrap()
+        .scratch
+        .push(scratch_clone(
+            "zdata/imap/students_sk_restore_20261128T110000Z_9",
+            "zdata/imap/students",
+            BASE,
+            "restore",
+            "2026-11-28T11:00:00Z",
+        ));
+    let t0 = made + jiff::SignedDuration::from_mins(30);
+    assert!(plan(&s, &o, t0, &converged_ctx()).is_empty());
+    let dues = crate::decide::schedule::dues(&s, &o, t0);
+    let wake = dues
+        .iter()
+        .find(|w| matches!(w.due, crate::decide::schedule::Due::Scratch { .. }))
+        .expect("a scratch due");
+    let stale = made + SCRATCH_STALE;
+    assert!(wake.at > stale && wake.at <= stale + jiff::SignedDuration::from_secs(1));
+    assert!(
+        !kinds(&plan(&s, &o, stale, &converged_ctx()))
+            .iter()
+            .any(|k| k.contains("teardown_scratch"))
+    );
+    // (snapshots fall due in those hours too: only the teardown is looked at)
+    assert!(kinds(&plan(&s, &o, wake.at, &converged_ctx())).contains(
+        &"node-b:teardown_scratch:zdata/imap/students_sk_restore_20261128T110000Z_9".to_string()
+    ));
+}

@@ -213,14 +213,9 @@ impl Sim {
         Ok(())
     }
 
-    fn observe(&mut self) -> spoolkeeper::model::Observation {
-        let margin_ms = (self.params.margin * 1000) as i64;
-        let unc = if self.rng.random_bool(0.95) {
-            self.rng.random_range(1..=20)
-        } else {
-            self.rng.random_range(1..=margin_ms.max(2))
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+    /// The observation a plan is made from: a fenced node it sees back is no longer counted
+    /// as held down by the fence (spoolkeeper now knows it is up and plans for it).
+    fn observe_for_plan(&mut self) -> spoolkeeper::model::Observation {
         let seen: Vec<String> = self
             .w
             .nodes
@@ -231,6 +226,19 @@ impl Sim {
         for n in seen {
             self.w.fenced.remove(&n);
         }
+        self.observe()
+    }
+
+    /// An observation inside an action (the replay's): nothing is re-planned from it, so a
+    /// fenced node powered back meanwhile stays the operator's breach of the fence.
+    fn observe(&mut self) -> spoolkeeper::model::Observation {
+        let margin_ms = (self.params.margin * 1000) as i64;
+        let unc = if self.rng.random_bool(0.95) {
+            self.rng.random_range(1..=20)
+        } else {
+            self.rng.random_range(1..=margin_ms.max(2))
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(self.rng.random());
         self.w
             .observe(&self.spec, move |u| rng.random_range(-u..=u), unc)
     }
@@ -711,7 +719,7 @@ impl Sim {
         self.stats.applies += 1;
         self.runs += 1;
         let run = format!("sim-{}", self.runs);
-        let obs = self.observe();
+        let obs = self.observe_for_plan();
         let mut ctx = journal::context(&self.journal);
         // as `apply` does: fences seen back are journaled before planning
         for a in journal::fences_seen_back(&ctx, &obs) {
@@ -893,11 +901,13 @@ impl Sim {
                 for n in self.w.nodes.values() {
                     for c in n.copies.values() {
                         eprintln!(
-                            "  {}:{} ro={} mounted={} user={:?} snaps=[{}]",
+                            "  {}:{} ro={} mounted={} written={} running={:?} user={:?} snaps=[{}]",
                             n.name,
                             c.name,
                             c.readonly,
                             c.mounted,
+                            c.modified,
+                            n.running,
                             c.user,
                             c.snaps
                                 .iter()

@@ -110,6 +110,36 @@ const FOUND: &[(u64, usize, &str)] = &[
         200,
         "deliveries queued on a promoted replica delivered on top of their replay",
     ),
+    (
+        1,
+        200,
+        "the scheduler sleeping past the 6 h teardown of a stale scratch clone",
+    ),
+    (
+        975,
+        200,
+        "a fenced node powered back during an apply counted as seen by the replay's observation",
+    ),
+    (
+        953,
+        200,
+        "two failovers in the same second: the older promotion's record won over the spec's active",
+    ),
+    (
+        785,
+        200,
+        "a failover back to a copy kept the epoch of its earlier promotion: the copy promoted in between looked newer",
+    ),
+    (
+        536,
+        200,
+        "a node marked synced by an earlier resync kept as synced when a new failover lost it",
+    ),
+    (
+        319,
+        200,
+        "a failover caught up through a replica (a switchover from it) recorded no resync of the lost node",
+    ),
 ];
 
 #[test]
