@@ -12,8 +12,9 @@
 //! 3. the active node: `postqueue -j` (what its own Postfix is still delivering), then ONE
 //!    batch of `postcat` of those messages (their Message-IDs) and `doveadm fetch
 //!    hdr.message-id` per recipient (which Message-IDs each mailbox already holds);
-//! 4. the active node: ONE `sendmail -bs` session carrying every re-injection, each recorded in
-//!    the replay ledger right after its `250`.
+//! 4. the active node: up to [`REPLAY_SESSIONS`] parallel `sendmail -bs` sessions (SSH
+//!    channels of the one connection) sharing the re-injections, each recorded in the replay
+//!    ledger right after its `250`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -221,8 +222,18 @@ fn fail_all(messages: &mut [MessageReport], todo: &[usize], why: &str) {
     }
 }
 
-/// Re-inject every `would_replay` line of `messages` over one `sendmail -bs` session on the
-/// active node, recording each `250` in the ledger before the next message.
+/// How many `sendmail -bs` sessions share a replay (each its own SSH channel on the one
+/// connection). Postfix's `postdrop` commits every message with an fsync of its own: the
+/// sessions overlap those and the round trips; the ledger (its own fsync per entry) is shared.
+pub const REPLAY_SESSIONS: usize = 4;
+
+/// The fewest messages worth a session of their own.
+const PER_SESSION_MIN: usize = 16;
+
+/// Re-inject every `would_replay` line of `messages` over up to [`REPLAY_SESSIONS`] parallel
+/// `sendmail -bs` sessions on the active node, each message recorded in the ledger right after
+/// its `250`, before its session sends the next. A crash leaves at most one accepted,
+/// unrecorded message per session: the next run's Message-ID check catches it, as with one.
 async fn replay_all(
     node: &Host,
     messages: &mut [MessageReport],
@@ -234,6 +245,51 @@ async fn replay_all(
     if todo.is_empty() {
         return;
     }
+    let k = todo
+        .len()
+        .div_ceil(PER_SESSION_MIN)
+        .clamp(1, REPLAY_SESSIONS);
+    // round robin: messages of one mailbox spread, each session's share in queue order
+    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); k];
+    for (n, &i) in todo.iter().enumerate() {
+        shares[n % k].push(i);
+    }
+    let shared = std::sync::Mutex::new(std::mem::replace(ledger, Ledger::new(Path::new(""), "")));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut parts: Vec<(Vec<usize>, Vec<MessageReport>, Vec<String>)> = shares
+        .into_iter()
+        .map(|idx| {
+            let reports = idx.iter().map(|&i| messages[i].clone()).collect();
+            (idx, reports, Vec::new())
+        })
+        .collect();
+    futures::future::join_all(
+        parts
+            .iter_mut()
+            .map(|(_, reports, errs)| one_session(node, reports, contents, &shared, &stop, errs)),
+    )
+    .await;
+    *ledger = shared
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (idx, reports, errs) in parts {
+        for (i, r) in idx.into_iter().zip(reports) {
+            messages[i] = r;
+        }
+        errors.extend(errs);
+    }
+}
+
+/// One `sendmail -bs` session of [`replay_all`].
+async fn one_session(
+    node: &Host,
+    messages: &mut [MessageReport],
+    contents: &BTreeMap<String, HeldMessage>,
+    ledger: &std::sync::Mutex<Ledger>,
+    stop: &std::sync::atomic::AtomicBool,
+    errors: &mut Vec<String>,
+) {
+    let todo = would_replay(messages);
     let mut child = match node.spawn(&postfix_cmd::sendmail_bs_argv()).await {
         Ok(c) => c,
         Err(e) => {
@@ -246,7 +302,16 @@ async fn replay_all(
     let stdin = std::mem::replace(&mut child.stdin, Box::pin(tokio::io::sink()));
     let stdout = std::mem::replace(&mut child.stdout, Box::pin(tokio::io::empty()));
     let stream = tokio::io::join(stdout, stdin);
-    let clean = replay_session(stream, node.label(), messages, contents, ledger, errors).await;
+    let clean = replay_session_shared(
+        stream,
+        node.label(),
+        messages,
+        contents,
+        ledger,
+        stop,
+        errors,
+    )
+    .await;
     match child.wait().await {
         Ok(o) if !o.success() => {
             let why = format!(
@@ -266,9 +331,8 @@ async fn replay_all(
     }
 }
 
-/// The SMTP part of [`replay_all`], over any stream. Returns whether the session ended
-/// cleanly (`QUIT`); when it did not, every message not accepted is `failed` and the reason
-/// is in `errors`.
+/// [`replay_session_shared`] with a ledger of its own (one session, the tests).
+#[cfg(test)]
 async fn replay_session<S>(
     stream: S,
     label: &str,
@@ -280,6 +344,32 @@ async fn replay_session<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let shared = std::sync::Mutex::new(std::mem::replace(ledger, Ledger::new(Path::new(""), "")));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let clean =
+        replay_session_shared(stream, label, messages, contents, &shared, &stop, errors).await;
+    *ledger = shared
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    clean
+}
+
+/// The SMTP part of [`replay_all`], over any stream. Returns whether the session ended
+/// cleanly (`QUIT`); when it did not, every message not accepted is `failed` and the reason
+/// is in `errors`.
+async fn replay_session_shared<S>(
+    stream: S,
+    label: &str,
+    messages: &mut [MessageReport],
+    contents: &BTreeMap<String, HeldMessage>,
+    ledger: &std::sync::Mutex<Ledger>,
+    stop: &std::sync::atomic::AtomicBool,
+    errors: &mut Vec<String>,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering;
     let todo = would_replay(messages);
     let mut client = match smtp::Client::start(stream, "spoolkeeper", SMTP_TIMEOUT).await {
         Ok(c) => c,
@@ -291,6 +381,11 @@ where
         }
     };
     for (n, &i) in todo.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            // another session could not write the ledger: sending more would widen the gap
+            fail_all(messages, &todo[n..], "the replay ledger cannot be written");
+            break;
+        }
         let m = &mut messages[i];
         let Some(held) = contents.get(&m.queue_id) else {
             m.action = MessageAction::Failed;
@@ -314,11 +409,22 @@ where
                     recipient: m.recipient.clone(),
                     message_id: m.message_id.clone(),
                     queued_as: queued_as(&reply),
-                    node: Some(ledger.scope_of(&m.instance, label)),
+                    node: None,
                 };
                 m.reply = Some(reply.text());
                 m.action = MessageAction::Replayed;
-                if let Err(e) = ledger.record(&entry) {
+                let recorded = {
+                    let mut l = ledger
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let entry = LedgerEntry {
+                        node: Some(l.scope_of(&entry.instance, label)),
+                        ..entry
+                    };
+                    l.record(&entry).map_err(|e| (e, l.path.clone()))
+                };
+                if let Err((e, path)) = recorded {
+                    stop.store(true, Ordering::SeqCst);
                     // Accepted but not recorded: stop here; the Message-ID check of the next
                     // run must catch this one, and sending more would widen the gap.
                     m.reason = format!(
@@ -326,7 +432,7 @@ where
                     );
                     errors.push(format!(
                         "replay ledger {}: {e}; stopped re-injecting",
-                        ledger.path.display()
+                        path.display()
                     ));
                     fail_all(
                         messages,
@@ -808,5 +914,71 @@ mod tests {
         assert!(msgs[2].reason.contains("not sent"), "{}", msgs[2].reason);
         let (got, _) = Ledger::read(&Ledger::path(dir.path(), "lab")).unwrap();
         assert_eq!(got, set(&[("Q1", "a@students.lab")]));
+    }
+
+    #[tokio::test]
+    async fn parallel_sessions_share_one_ledger_and_a_ledger_failure_stops_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (1..=8).map(|i| format!("Q{i}")).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let held = contents(&id_refs);
+        let mut shares: Vec<Vec<MessageReport>> = vec![Vec::new(), Vec::new()];
+        for (n, q) in ids.iter().enumerate() {
+            shares[n % 2].push(report(q, &format!("u{n}@students.lab"), ""));
+        }
+        let ledger = std::sync::Mutex::new(Ledger::new(dir.path(), "lab"));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut servers = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            servers.push(tokio::spawn(fake_server(b, "nobody@", None)));
+            streams.push(a);
+        }
+        let mut errs = vec![Vec::new(), Vec::new()];
+        let [s0, s1] = <[_; 2]>::try_from(streams).unwrap();
+        let (m0, m1) = shares.split_at_mut(1);
+        let (e0, e1) = errs.split_at_mut(1);
+        let (c0, c1) = tokio::join!(
+            replay_session_shared(s0, "node-a", &mut m0[0], &held, &ledger, &stop, &mut e0[0]),
+            replay_session_shared(s1, "node-a", &mut m1[0], &held, &ledger, &stop, &mut e1[0]),
+        );
+        assert!(c0 && c1, "{errs:?}");
+        let mut sent = 0;
+        for s in servers {
+            sent += s.await.unwrap().len();
+        }
+        assert_eq!(sent, 8);
+        let (got, _) = Ledger::read(&Ledger::path(dir.path(), "lab")).unwrap();
+        assert_eq!(got.len(), 8, "{got:?}");
+
+        // a ledger that cannot be written: the session that finds it stops the others
+        let blocked = dir.path().join("not-a-dir");
+        std::fs::write(&blocked, b"").unwrap();
+        let ledger = std::sync::Mutex::new(Ledger::new(&blocked, "lab"));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(fake_server(b, "nobody@", None));
+        let mut msgs: Vec<MessageReport> = ids[..3]
+            .iter()
+            .map(|q| report(q, "a@students.lab", ""))
+            .collect();
+        let mut errors = Vec::new();
+        let clean =
+            replay_session_shared(a, "node-a", &mut msgs, &held, &ledger, &stop, &mut errors).await;
+        assert!(!clean);
+        assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+        drop(server);
+        // a second session sharing that ledger sends nothing once stopped
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(fake_server(b, "nobody@", None));
+        let mut more: Vec<MessageReport> = ids[3..5]
+            .iter()
+            .map(|q| report(q, "b@students.lab", ""))
+            .collect();
+        let mut errors = Vec::new();
+        replay_session_shared(a, "node-a", &mut more, &held, &ledger, &stop, &mut errors).await;
+        assert!(server.await.unwrap().is_empty());
+        assert!(more.iter().all(|m| m.action == MessageAction::Failed));
     }
 }
