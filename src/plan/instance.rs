@@ -396,7 +396,7 @@ impl Planner<'_> {
     /// earlier replay did not complete): after the instance serves, then the record that it
     /// is owed is cleared — only once it completed, so an interrupted or failed replay is
     /// planned again by the next apply, with the same window.
-    fn replay(
+    pub(super) fn replay(
         &mut self,
         active: &NodeName,
         name: &str,

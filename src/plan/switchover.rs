@@ -209,6 +209,7 @@ impl Planner<'_> {
         let mut moved = super::Marks::of(Some(src));
         moved.nodes.remove(active.as_str());
         let mut owed = super::marks::owed_replay(Some(src));
+        let src_owed = owed.is_some();
         // A move from a replica while another copy is out of sight (fenced: checked above) is
         // a failover caught up through that replica: the copy out of sight may hold writes
         // neither received. It is recorded to be resynced, like any failover's lost node,
@@ -232,6 +233,21 @@ impl Planner<'_> {
                     .unwrap_or_default(),
             );
         }
+        // Deliveries of the instance still queued on the node taking over were accepted when
+        // it served an earlier incarnation of this copy (a replay into it, mail it took before
+        // it lost a failover): the copy it receives may already hold them (replayed into the
+        // other copy since). They are deleted before its copy is writable, and the replay
+        // owed then covers every held copy, deduplicated against the mailbox, as in a
+        // failover (`failover_steps`).
+        let queued: Vec<String> = self
+            .node(active)
+            .and_then(|o| o.postfix.as_ref())
+            .filter(|_| spec.spec.archive.is_some())
+            .map(|p| Self::local_deliveries(&p.queue, inst))
+            .unwrap_or_default();
+        if !queued.is_empty() {
+            owed = Some(String::new());
+        }
         let mut records = Vec::new();
         moved.epoch = moved
             .epoch
@@ -252,6 +268,20 @@ impl Planner<'_> {
                 format!("{name}'s record {property} moves from {old} with the service"),
             ));
             chain(&mut self.plan, &mut last, id);
+        }
+        if !queued.is_empty() {
+            let drop = self.plan.add(Action::new(
+                to_host.clone(),
+                ActionKind::DropQueued {
+                    instance: name.into(),
+                    queue_ids: queued.clone(),
+                },
+                format!(
+                    "{} delivery(ies) of {name} queued on {active} from when it served before: replayed from the archive instead, never delivered twice",
+                    queued.len()
+                ),
+            ));
+            chain(&mut self.plan, &mut last, drop);
         }
         // Any other copy left writable (a node that lost a failover) goes read-only first.
         let others: Vec<(NodeName, Dataset)> = spec
@@ -297,12 +327,17 @@ impl Planner<'_> {
             format!("{active} is the active node of {name}: the service resumes here"),
         ));
         chain(&mut self.plan, &mut last, start);
+        // a replay this move itself owes (a copy out of sight, deliveries dropped) runs now,
+        // once the service is back; one the old copy owed already is the next run's
+        if let Some(anchor) = owed.clone().filter(|_| !src_owed) {
+            self.replay(active, name, &replica.name, anchor, &[start]);
+        }
         for (property, had) in [
             (
                 super::RESYNC_PROPERTY,
                 !super::Marks::of(Some(src)).nodes.is_empty(),
             ),
-            (super::REPLAY_PROPERTY, owed.is_some()),
+            (super::REPLAY_PROPERTY, src_owed),
         ] {
             if had {
                 let id = self.plan.add(Action::new(

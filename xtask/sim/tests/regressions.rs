@@ -140,6 +140,11 @@ const FOUND: &[(u64, usize, &str)] = &[
         200,
         "a failover caught up through a replica (a switchover from it) recorded no resync of the lost node",
     ),
+    (
+        705,
+        200,
+        "a replay's delivery left queued on a node that lost the service, delivered on top once a switchover moved the service back",
+    ),
 ];
 
 #[test]
