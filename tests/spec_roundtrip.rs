@@ -223,6 +223,11 @@ fn document() -> impl Strategy<Value = Document> {
                             } else {
                                 Transport::Direct
                             },
+                            compress: if relay {
+                                spoolkeeper::spec::Compress::None
+                            } else {
+                                spoolkeeper::spec::Compress::Auto
+                            },
                         },
                         archive: archive.then(|| Archive {
                             ssh: Ssh {

@@ -4,20 +4,33 @@ use jiff::Timestamp;
 
 use crate::model::JailCommands;
 
-/// `which ezjail-admin jls jexec` (prints the paths of those found; exits 1 if any missing).
+/// `which ezjail-admin jls jexec zstd lz4` (prints the paths of those found; exits 1 if any
+/// missing): the jail commands ([`parse_which`]) and the stream compressors
+/// ([`parse_compressors`]).
 pub fn which_jail_commands_argv() -> Vec<String> {
-    ["which", "ezjail-admin", "jls", "jexec"]
+    ["which", "ezjail-admin", "jls", "jexec", "zstd", "lz4"]
         .iter()
         .map(|s| s.to_string())
         .collect()
 }
 
+/// Is `name` among the absolute paths `which` printed?
+fn which_found(out: &str, name: &str) -> bool {
+    out.lines()
+        .any(|l| l.trim().rsplit('/').next() == Some(name) && l.trim().starts_with('/'))
+}
+
+/// Which stream compressors exist, from the same `which` output.
+pub fn parse_compressors(out: &str) -> crate::model::Compressors {
+    crate::model::Compressors {
+        zstd: which_found(out, "zstd"),
+        lz4: which_found(out, "lz4"),
+    }
+}
+
 /// Which jail commands exist, from `which` output.
 pub fn parse_which(out: &str) -> JailCommands {
-    let found = |n: &str| {
-        out.lines()
-            .any(|l| l.trim().rsplit('/').next() == Some(n) && l.trim().starts_with('/'))
-    };
+    let found = |n: &str| which_found(out, n);
     JailCommands {
         ezjail_admin: found("ezjail-admin"),
         jls: found("jls"),

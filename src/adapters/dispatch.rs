@@ -170,13 +170,17 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
             relay,
             resume_token,
             resumable,
+            compress,
             ..
         } => {
             let send = zfs::send_argv(source_dataset, base.as_deref(), to, resume_token.as_deref());
-            let recv = zfs::receive_argv(target_pool, *resumable);
+            let recv = zfs::receive_compressed_argv(
+                &zfs::receive_argv(target_pool, *resumable),
+                *compress,
+            );
             if *relay {
                 // Run by the controller: send on the source, receive on the target.
-                vec![send, recv]
+                vec![zfs::send_compressed_argv(&send, *compress), recv]
             } else {
                 let t = spec
                     .spec
@@ -195,6 +199,7 @@ pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
                 vec![zfs::direct_pipeline_argv(
                     &send,
                     &zfs::direct_ssh_argv(&dt, &recv),
+                    *compress,
                 )]
             }
         }

@@ -997,6 +997,66 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
     v
 }
 
+/// A stream compressor on the wire of a replication, chosen by the planner where both ends
+/// have it (`replication.compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compressor {
+    /// `zstd -1 -T0` (every core), `zstd -d`.
+    Zstd,
+    /// `lz4 -1`, `lz4 -d`.
+    Lz4,
+}
+
+impl Compressor {
+    /// The compressing end of the pipe: stdin to stdout.
+    pub fn compress_argv(self) -> Vec<String> {
+        let v: &[&str] = match self {
+            Compressor::Zstd => &["zstd", "-1", "-T0", "-q", "-c"],
+            Compressor::Lz4 => &["lz4", "-1", "-q", "-c", "-"],
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The decompressing end: stdin to stdout.
+    pub fn decompress_argv(self) -> Vec<String> {
+        let v: &[&str] = match self {
+            Compressor::Zstd => &["zstd", "-d", "-q", "-c"],
+            Compressor::Lz4 => &["lz4", "-d", "-q", "-c", "-"],
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// The receive end of a compressed stream: `sh -c 'DECOMPRESS | zfs receive …'` (the
+/// receive's status is the pipeline's: a truncated or corrupt stream makes it fail).
+pub fn receive_compressed_argv(recv: &[String], c: Option<Compressor>) -> Vec<String> {
+    let Some(c) = c else {
+        return recv.to_vec();
+    };
+    let q = |v: &[String]| crate::adapters::shell::remote_command_line(v);
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{} | {}", q(&c.decompress_argv()), q(recv)),
+    ]
+}
+
+/// The send end of a compressed relayed stream: `sh -c 'zfs send … | COMPRESS'`. Its status
+/// is the compressor's: a failed send ends the stream early, and the receive refuses a
+/// truncated stream, so the replication fails all the same (the send's stderr is kept).
+pub fn send_compressed_argv(send: &[String], c: Option<Compressor>) -> Vec<String> {
+    let Some(c) = c else {
+        return send.to_vec();
+    };
+    let q = |v: &[String]| crate::adapters::shell::remote_command_line(v);
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{} | {}", q(send), q(&c.compress_argv())),
+    ]
+}
+
 /// The direct transport: one `sh -c 'zfs send … | ssh target zfs receive …'` on the source.
 /// Every argument is quoted; the receive's exit status is the pipeline's (a failed or
 /// truncated send makes the receive fail).
@@ -1006,13 +1066,25 @@ pub fn direct_ssh_argv(t: &DirectTarget, remote: &[String]) -> Vec<String> {
 /// sent ([`parse_stream_bytes`]); it copies what it reads unchanged (no `conv`), a partial
 /// read of the pipe included. The pipeline's stderr goes to its stdout (`2>&1`), so that the
 /// controller reads the progress while the stream runs.
-pub fn direct_pipeline_argv(send: &[String], ssh: &[String]) -> Vec<String> {
+///
+/// With a compressor, it sits after `dd` (which counts the stream's own bytes) and `ssh`'s
+/// remote command is `sh -c 'DECOMPRESS | zfs receive …'` ([`direct_ssh_argv`] of
+/// [`receive_compressed_argv`]): a failed send ends the compressed stream early, which the
+/// receive refuses as truncated.
+pub fn direct_pipeline_argv(
+    send: &[String],
+    ssh: &[String],
+    compress: Option<Compressor>,
+) -> Vec<String> {
     let q = |v: &[String]| crate::adapters::shell::remote_command_line(v);
+    let squeeze = compress
+        .map(|c| format!(" | {}", q(&c.compress_argv())))
+        .unwrap_or_default();
     vec![
         "sh".into(),
         "-c".into(),
         format!(
-            "{{ {} | dd bs=1M status=progress | {}; }} 2>&1",
+            "{{ {} | dd bs=1M status=progress{squeeze} | {}; }} 2>&1",
             q(send),
             q(ssh)
         ),

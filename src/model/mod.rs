@@ -134,6 +134,13 @@ pub struct JailCommands {
     pub jexec: bool,
 }
 
+/// Stream compressors on a host's `PATH`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compressors {
+    pub zstd: bool,
+    pub lz4: bool,
+}
+
 /// Capabilities detected once per host per run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -143,6 +150,10 @@ pub struct Capabilities {
     pub postfix: Option<PostfixCapabilities>,
     /// Jail runtime commands present.
     pub jail: JailCommands,
+    /// Stream compressors present (`zstd`, `lz4`): a replication compresses on the wire only
+    /// when both ends have one.
+    #[serde(default)]
+    pub compressors: Compressors,
     /// Host clock minus controller clock, milliseconds, measured around one remote `date`
     /// call (error bound: half the round trip, reported alongside).
     pub clock_offset_ms: Option<i64>,

@@ -182,6 +182,7 @@ async fn probe(h: &Host, with_zfs: bool) -> Result<Capabilities, HostError> {
         );
         if let Some(w) = outs.get(which) {
             caps.jail = capabilities::parse_which(&w.stdout_text());
+            caps.compressors = capabilities::parse_compressors(&w.stdout_text());
         }
     }
     Ok(caps)

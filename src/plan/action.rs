@@ -185,6 +185,9 @@ pub enum ActionKind {
         resume_token: Option<String>,
         /// Receive with `-s` (resumable) where the target supports it.
         resumable: bool,
+        /// Compress the stream on the wire (both ends have the tool; `replication.compress`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compress: Option<crate::adapters::zfs::Compressor>,
     },
     /// `zfs hold spoolkeeper dataset@snapshot`: nothing can destroy the replication base.
     Hold { dataset: String, snapshot: String },

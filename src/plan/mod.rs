@@ -330,9 +330,36 @@ impl<'a> Planner<'a> {
                 relay,
                 resume_token: resume.0,
                 resumable: resume.1,
+                compress: self.compressor(source, target),
             },
             reason,
         )
+    }
+
+    /// The stream compressor of a replication from `source` to `target`: the spec's
+    /// `replication.compress`, where both ends have the tool.
+    fn compressor(
+        &self,
+        source: &NodeName,
+        target: &NodeName,
+    ) -> Option<crate::adapters::zfs::Compressor> {
+        use crate::adapters::zfs::Compressor;
+        use crate::spec::Compress;
+        let caps = |n: &NodeName| {
+            self.node(n)
+                .map(|o| o.capabilities.compressors)
+                .unwrap_or_default()
+        };
+        let (a, b) = (caps(source), caps(target));
+        let zstd = a.zstd && b.zstd;
+        let lz4 = a.lz4 && b.lz4;
+        match self.spec.spec.replication.compress {
+            Compress::None => None,
+            Compress::Zstd => zstd.then_some(Compressor::Zstd),
+            Compress::Lz4 => lz4.then_some(Compressor::Lz4),
+            Compress::Auto if zstd => Some(Compressor::Zstd),
+            Compress::Auto => lz4.then_some(Compressor::Lz4),
+        }
     }
 
     /// Snapshots of `dataset` on `node` that a scratch clone depends on: retention keeps them

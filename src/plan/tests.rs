@@ -1618,3 +1618,69 @@ fn the_scheduler_wakes_when_a_scratch_clone_turns_stale() {
         &"node-b:teardown_scratch:zdata/imap/students_sk_restore_20261128T110000Z_9".to_string()
     ));
 }
+
+#[test]
+fn the_stream_is_compressed_only_with_a_tool_both_ends_have() {
+    use crate::adapters::zfs::Compressor;
+    use crate::model::Compressors;
+    let newer = snap("sk_20261128T115900Z", 777, "2026-11-28T11:59:00Z", 11);
+    let now: Timestamp = "2026-11-28T12:55:00Z".parse().unwrap();
+    let case = |a: Compressors, b: Compressors, setting: Option<&str>| {
+        let mut o = converged();
+        for d in &mut o.nodes.get_mut("node-a").unwrap().datasets {
+            d.snapshots.push(newer.clone());
+        }
+        o.nodes.get_mut("node-a").unwrap().capabilities.compressors = a;
+        o.nodes.get_mut("node-b").unwrap().capabilities.compressors = b;
+        let mut text = SPEC.to_string();
+        if let Some(c) = setting {
+            text = text.replace(
+                "replication: { every: 1h, rpo: 24h }",
+                &format!("replication: {{ every: 1h, rpo: 24h, compress: {c} }}"),
+            );
+            assert!(
+                text.contains("compress:"),
+                "the test spec has a replication block"
+            );
+        }
+        let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+        let p = plan(&s, &o, now, &converged_ctx());
+        let a = p
+            .actions()
+            .into_iter()
+            .find(|a| a.id == "node-a:replicate:zdata/imap/staff->node-b")
+            .unwrap()
+            .clone();
+        match a.kind {
+            ActionKind::Replicate { compress, .. } => (
+                compress,
+                crate::adapters::dispatch::commands(&s, &a).unwrap(),
+            ),
+            k => panic!("{k:?}"),
+        }
+    };
+    let both = Compressors {
+        zstd: true,
+        lz4: true,
+    };
+    let lz4_only = Compressors {
+        zstd: false,
+        lz4: true,
+    };
+    let (c, cmds) = case(both, both, None);
+    assert_eq!(c, Some(Compressor::Zstd));
+    let line = cmds[0].join(" ");
+    assert!(
+        line.contains("status=progress | zstd -1 -T0 -q -c | ssh")
+            && line.contains("zstd -d -q -c | zfs receive"),
+        "{line}"
+    );
+    assert_eq!(case(both, lz4_only, None).0, Some(Compressor::Lz4));
+    assert_eq!(case(Compressors::default(), both, None).0, None);
+    assert_eq!(case(both, both, Some("none")).0, None);
+    assert_eq!(case(both, lz4_only, Some("zstd")).0, None);
+    assert_eq!(case(both, both, Some("lz4")).0, Some(Compressor::Lz4));
+    // without one, the pipeline is the plain one
+    let (_, plain) = case(Compressors::default(), Compressors::default(), None);
+    assert!(!plain[0].join(" ").contains("zstd"), "{plain:?}");
+}

@@ -350,6 +350,23 @@ pub struct Replication {
     pub rpo: Duration,
     #[serde(default)]
     pub transport: Transport,
+    /// Compress the stream on the wire: `auto` (default) uses zstd where both ends have it,
+    /// else lz4 where both have that, else nothing; `zstd`, `lz4` ask for one (nothing
+    /// where an end lacks it); `none` never compresses (a fast link, or slow CPUs).
+    #[serde(default)]
+    pub compress: Compress,
+}
+
+/// Stream compression of a replication (the `replication.compress` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compress {
+    /// zstd where both ends have it, else lz4, else none.
+    #[default]
+    Auto,
+    Zstd,
+    Lz4,
+    None,
 }
 
 /// How the replication stream travels.

@@ -251,7 +251,17 @@ mod tests {
             postfix::cat_table_argv("spoolkeeper-bcc.regexp"),
             zfs::destroy_each_argv(),
             zfs::send_to_file_argv("zdata/imap/students", "sk_1", "sk_2", "/var/db/x.zstream"),
-            zfs::direct_pipeline_argv(&send, &zfs::direct_ssh_argv(&dt, &recv)),
+            zfs::direct_pipeline_argv(&send, &zfs::direct_ssh_argv(&dt, &recv), None),
+            zfs::direct_pipeline_argv(
+                &send,
+                &zfs::direct_ssh_argv(
+                    &dt,
+                    &zfs::receive_compressed_argv(&recv, Some(zfs::Compressor::Zstd)),
+                ),
+                Some(zfs::Compressor::Zstd),
+            ),
+            zfs::send_compressed_argv(&send, Some(zfs::Compressor::Lz4)),
+            zfs::receive_compressed_argv(&recv, Some(zfs::Compressor::Lz4)),
         ];
         for argv in argvs {
             // the program replaced by one that prints its arguments back

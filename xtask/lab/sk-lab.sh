@@ -21,7 +21,7 @@ NODES=(node-a node-b)
 VMAIL_UID=5000
 POOL_SIZE=2G
 PACKAGES=(zfs-fuse postfix dovecot-imapd dovecot-lmtpd openssh-server openssh-client iproute2 tcsh
-  sanoid mbuffer iputils-arping)
+  sanoid mbuffer iputils-arping zstd lz4)
 # Service addresses of the instances (also in sk-instance and xtask/src/lab/mod.rs).
 SERVICE_ADDRS=(10.77.0.21 10.77.0.22)
 

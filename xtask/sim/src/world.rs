@@ -364,6 +364,8 @@ impl World {
                 continue;
             }
             let caps = Capabilities {
+                // the stream's compression changes nothing the model sees
+                compressors: Default::default(),
                 zfs: Some(ZfsCapabilities {
                     flavour: match n.flavour {
                         Flavour::ZfsFuse => ZfsFlavour::ZfsFuse,
@@ -447,6 +449,7 @@ impl World {
             ArchiveObservation {
                 reachability: Reachability::Reachable,
                 capabilities: Capabilities {
+                    compressors: Default::default(),
                     zfs: None,
                     postfix: Some(PostfixCapabilities {
                         version: "3.7.11".into(),
