@@ -25,6 +25,8 @@
 //!   the peers of issues 6, 7 and 8 on the same data in the same run; see `bench/*.rs`. They
 //!   print times and ratios; nothing asserts on time. Each cleans up what it created.
 //!   `--count N` changes their size (files: 20,000; snapshots: 5,000; held messages: 5,000).
+//!   `--link RATE` (`replication`): node-b's link shaped to RATE (`100mbit`) for the bench,
+//!   as two sites are; every contender crosses it.
 //! - `all`: every bench above in turn; fails if any failed.
 
 use std::collections::BTreeMap;
@@ -42,7 +44,8 @@ mod replication;
 
 const USAGE: &str = "usage: cargo xtask bench \
                      [observe|noop|replication|prune|arch-restore|failover|all] \
-                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules] [--count N]";
+                     [--runs N] [--spec PATH] [--dry-run] [--hold-schedules] [--count N] \
+                     [--link RATE]";
 
 /// One bench of `all`.
 type Bench<'a> = dyn Fn() -> Result<(), String> + 'a;
@@ -59,7 +62,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     match which {
         "observe" => crate::bench_observe::run(),
         "noop" => noop(&opts),
-        "replication" => replication::run(opts.count),
+        "replication" => replication::run(opts.count, opts.link.as_deref()),
         "prune" => prune::run(opts.count),
         "arch-restore" => arch_restore::run(opts.count),
         "failover" => failover::run(),
@@ -68,7 +71,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
             let benches: [(&str, &Bench); 6] = [
                 ("observe", &crate::bench_observe::run),
                 ("noop", &|| noop(&opts)),
-                ("replication", &|| replication::run(opts.count)),
+                ("replication", &|| {
+                    replication::run(opts.count, opts.link.as_deref())
+                }),
                 ("prune", &|| prune::run(opts.count)),
                 ("arch-restore", &|| arch_restore::run(opts.count)),
                 ("failover", &failover::run),
@@ -120,6 +125,9 @@ struct Options {
     hold_schedules: bool,
     /// Size of replication (files), prune (snapshots), arch-restore (messages).
     count: Option<u32>,
+    /// `replication`: the rate node-b's link is shaped to for the bench (`tc … tbf`), e.g.
+    /// `100mbit`; unshaped without it.
+    link: Option<String>,
 }
 
 impl Options {
@@ -130,6 +138,7 @@ impl Options {
             dry_run: false,
             hold_schedules: false,
             count: None,
+            link: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -151,6 +160,18 @@ impl Options {
                             .filter(|n| *n > 0)
                             .ok_or("--count needs a positive number")?,
                     );
+                }
+                "--link" => {
+                    let rate = it.next().ok_or("--link needs a rate such as 100mbit")?;
+                    let digits = rate.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                    let unit = &rate[digits.len()..];
+                    if digits.is_empty()
+                        || !digits.chars().all(|c| c.is_ascii_digit())
+                        || !["kbit", "mbit", "gbit"].contains(&unit)
+                    {
+                        return Err(format!("--link {rate}: a rate such as 100mbit, 1gbit"));
+                    }
+                    o.link = Some(rate.clone());
                 }
                 "--dry-run" => o.dry_run = true,
                 "--hold-schedules" => o.hold_schedules = true,

@@ -64,9 +64,14 @@ for my $i ($from .. $from + $n - 1) {
 }
 "#;
 
-pub fn run(files: Option<u32>) -> Result<(), String> {
+pub fn run(files: Option<u32>, link: Option<&str>) -> Result<(), String> {
     let files = files.unwrap_or(DEFAULT_FILES);
     require_lab()?;
+    let _shaped = link.map(Shaped::new).transpose()?;
+    eprintln!(
+        "==> link to node-b: {}; spoolkeeper's stream: replication.compress auto (zstd, both ends have it)",
+        link.unwrap_or("unshaped")
+    );
     let sk = Sk::new("replication")?;
     let lab = lab_spec_text()?;
     let held = sk.write_spec(
@@ -92,6 +97,43 @@ pub fn run(files: Option<u32>) -> Result<(), String> {
     cleaned?;
     println!("{report}");
     Ok(())
+}
+
+/// node-b's link shaped to a rate for as long as this lives: a token bucket on the bridge
+/// side of its veth (`sk-node-b`), so every stream into node-b (direct from node-a, relayed
+/// by the controller, syncoid's) crosses it.
+struct Shaped;
+
+impl Shaped {
+    fn new(rate: &str) -> Result<Shaped, String> {
+        let dev = "sk-node-b";
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", dev, "root"])
+            .output();
+        let out = std::process::Command::new("tc")
+            .args([
+                "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb",
+                "latency", "50ms",
+            ])
+            .output()
+            .map_err(|e| format!("tc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tc qdisc add dev {dev} root tbf rate {rate}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        eprintln!("==> node-b's link shaped to {rate} (tbf on {dev})");
+        Ok(Shaped)
+    }
+}
+
+impl Drop for Shaped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", "sk-node-b", "root"])
+            .output();
+    }
 }
 
 fn cleanup() -> Result<(), String> {
