@@ -91,6 +91,13 @@ fn lab_snapshots_replication_retention_divergence_and_cut() {
     next_snapshot_due();
     let plan = sk_expect(&state, &spec, &["plan"], 2);
     assert!(plan.stdout.contains("incremental from @sk_"), "{plan}");
+    // the lab's nodes have zstd (a lab package): the stream is compressed on the wire, and
+    // the replica still matches the source snapshot for snapshot, guid for guid
+    assert!(
+        plan.stdout.contains("| zstd -1 -T0 -q -c | ssh")
+            && plan.stdout.contains("zstd -d -q -c | zfs receive"),
+        "{plan}"
+    );
     apply_ok(&state, &spec, "incremental");
     assert_replica_matches("after the incremental");
     let after = instance_snaps("node-b");
@@ -249,6 +256,11 @@ fn relay_replication_goes_through_the_controller() {
     let plan = sk_expect(&state, &spec, &["plan"], 2);
     assert!(
         plan.stdout.contains("through the controller") && plan.stdout.contains("on controller:"),
+        "{plan}"
+    );
+    // relayed, the stream crosses the controller compressed: zstd on both ends' halves
+    assert!(
+        plan.stdout.contains("| zstd -1 -T0 -q -c") && plan.stdout.contains("zstd -d -q -c |"),
         "{plan}"
     );
     apply_ok(&state, &spec, "relay: first full streams");
