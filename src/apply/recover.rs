@@ -519,8 +519,18 @@ pub async fn destroy_clone(
             "clone {name} on {n} not destroyed ({last}); remove it with `zfs destroy {name}`"
         ));
     }
-    if let Ok(argv) = files::rmdir_scratch_argv(mountpoint) {
-        let _ = h.run(&argv).await;
+    // the mountpoint, and its parents up to (never including) the scratch directory, where
+    // they are empty: ZFS made them for the clone (`rmdir` refuses a directory with anything
+    // in it, and a path outside the scratch directory is never touched)
+    let mut dir = Some(std::path::Path::new(mountpoint));
+    while let Some(d) = dir.filter(|d| d != &std::path::Path::new(files::SCRATCH_DIR)) {
+        let Ok(argv) = files::rmdir_scratch_argv(&d.to_string_lossy()) else {
+            break;
+        };
+        if !h.run(&argv).await.is_ok_and(|o| o.success()) {
+            break;
+        }
+        dir = d.parent();
     }
     Ok(())
 }

@@ -48,7 +48,12 @@ case "$verb" in
       echo "sk-instance: the drill clone of $inst is not mounted at $3; refusing to start" >&2
       exit 1
     fi
-    if ! drill_up; then dovecot -c "$drill_conf" </dev/null >/dev/null 2>&1 || true; fi
+    # the listener of a drill copy stopped just before may still be closing: retry a while
+    for _ in $(seq 1 30); do
+      drill_up && break
+      dovecot -c "$drill_conf" </dev/null >/dev/null 2>&1 || true
+      for _ in $(seq 1 10); do drill_up && break; sleep 0.1; done
+    done
     drill_up || { echo "sk-instance: the drill dovecot did not start (see /var/log/dovecot-drill.log)" >&2; exit 1; }
     echo "sk-instance: drill copy of $inst serving on 127.0.0.1:10143 on $(hostname)"
     ;;
@@ -60,6 +65,11 @@ case "$verb" in
       for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
       kill -9 "$p" 2>/dev/null || true
     fi
+    # and its listeners closed, so that the next drill copy can bind them
+    for _ in $(seq 1 50); do
+      ss -ltnH '( sport = :10143 or sport = :10024 )' 2>/dev/null | grep . >/dev/null || break
+      sleep 0.1
+    done
     echo "sk-instance: drill copy of $inst stopped on $(hostname)"
     ;;
   start)

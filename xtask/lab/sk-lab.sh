@@ -373,7 +373,9 @@ make_host() {
   local h=$1 d a
   d=$(hdir "$h")
   a=$(host_addr "$h")
-  mkdir -p "$d"/{etc-zfs,var-lib-zfs,zdata,etc-postfix,spool-postfix,lib-postfix,etc-dovecot,lib-dovecot,log,etc-ssh}
+  mkdir -p "$d"/{etc-zfs,var-lib-zfs,zdata,etc-postfix,spool-postfix,lib-postfix,etc-dovecot,lib-dovecot,log,etc-ssh,var-tmp}
+  # each host its own /var/tmp, as real hosts have (restore staging, drill mountpoints)
+  chmod 1777 "$d/var-tmp"
   cp -a /etc/zfs/. "$d/etc-zfs/" 2>/dev/null || true
   cp -a /etc/postfix/. "$d/etc-postfix/"
   rm -f "$d/etc-postfix/main.cf" "$d/etc-postfix/master.cf" "$d/etc-postfix/sasl/"* 2>/dev/null || true
@@ -415,6 +417,7 @@ make_host() {
       mount --bind "$d/lib-dovecot" /var/lib/dovecot
       mount --bind "$d/log" /var/log
       mount --bind "$d/etc-ssh" /etc/ssh
+      mount --bind "$d/var-tmp" /var/tmp
     ' sk-mkns "$d" "$h"
 }
 
