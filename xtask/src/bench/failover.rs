@@ -264,9 +264,9 @@ pub fn run() -> Result<(), String> {
         "bench failover (IMAP LOGIN probed every {} ms at 10.77.0.21)\n  \
          switchover node-a -> node-b: service pause {} (last login OK before -> first OK after; \
          log: stop_instance start -> start_instance done {}), first login on node-b {} after \
-         apply start, apply {:.2} s (goal pause <= 15 s)\n    actions: {}\n  \
+         apply start, apply {:.2} s (goal pause <= 5 s)\n    actions: {}\n  \
          failover after power loss of node-b -> node-a: first login {:.2} s after apply start, \
-         apply {:.2} s (goal <= 30 s)\n    actions: {}",
+         apply {:.2} s (goal first login <= 10 s)\n    actions: {}",
         PROBE_EVERY.as_millis(),
         match (pause, fail) {
             (Some(_), _) => fmt_opt(pause),
