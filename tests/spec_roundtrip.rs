@@ -189,6 +189,20 @@ fn document() -> impl Strategy<Value = Document> {
                                     password_file: "/etc/spoolkeeper/drill.pass".into(),
                                     warn_after: spec::Duration::from_secs(86_400 * (k as u64 + 1)),
                                 }),
+                                mail: if k % 3 == 1 {
+                                    spec::Mail {
+                                        at: spec::MailAt::Runtime,
+                                        postfix: Some(spec::PostfixInstance {
+                                            config_directory: format!("/etc/postfix-{i}"),
+                                        }),
+                                        dovecot: Some(spec::DovecotInstance {
+                                            config: format!("/etc/dovecot/{i}.conf"),
+                                        }),
+                                        prefix: Vec::new(),
+                                    }
+                                } else {
+                                    spec::Mail::default()
+                                },
                             },
                         )
                     })

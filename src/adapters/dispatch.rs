@@ -11,6 +11,20 @@ use std::time::Duration;
 /// The argv lists one action runs, in order, and where. The same function feeds the
 /// renderers (`plan` shows these commands) and the executor, so the plan is the truth.
 pub fn commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
+    let argvs = node_commands(spec, a)?;
+    match &a.mail {
+        None => Ok(argvs),
+        Some(m) => {
+            let place = crate::adapters::mail::MailPlace::of(spec, m).ok_or_else(|| {
+                format!("instance {m} has no mail system of its own in the spec (mail.in)")
+            })?;
+            Ok(argvs.into_iter().map(|v| place.wrap(v)).collect())
+        }
+    }
+}
+
+/// [`commands`] as they would run on the host's own Postfix and Dovecot.
+fn node_commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
     let node = match (&a.host, &a.kind) {
         (Target::Node(n), _) => n.as_str(),
         (Target::Controller, _) => "",

@@ -8,6 +8,7 @@ pub mod fencing;
 pub mod files;
 pub mod jail;
 pub mod lock;
+pub mod mail;
 pub mod notify;
 pub mod postfix;
 pub mod postfix_cmd;

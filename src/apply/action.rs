@@ -148,7 +148,13 @@ async fn run_commands(
         };
     }
     if let ActionKind::WaitDelivered { instance, domains } = &a.kind {
-        return wait_delivered(host_of(conns, &a.host)?, instance, domains).await;
+        // the queue listing of the Postfix that accepts the instance's mail (dispatch)
+        let argv = commands(spec, a)
+            .map_err(ActionError::Spec)?
+            .into_iter()
+            .next()
+            .unwrap_or_else(crate::adapters::postfix::postqueue_argv);
+        return wait_delivered(host_of(conns, &a.host)?, &argv, instance, domains).await;
     }
     let host = host_of(conns, &a.host)?;
     let stdin = dispatch::stdin_of(a).map_err(ActionError::Spec)?;
@@ -177,18 +183,18 @@ const WAIT_DELIVERED: std::time::Duration = std::time::Duration::from_secs(60);
 /// instance; its archive copies are at the archive domain and do not count).
 async fn wait_delivered(
     host: &Host,
+    argv: &[String],
     instance: &str,
     domains: &[String],
 ) -> Result<(), ActionError> {
-    let argv = crate::adapters::postfix::postqueue_argv();
     let until = std::time::Instant::now() + WAIT_DELIVERED;
     loop {
         let out = host
-            .run(&argv)
+            .run(argv)
             .await
             .map_err(|e| ActionError::transport(host.label(), &e))?;
         if !out.success() {
-            return Err(exit_error(host, &argv, &out));
+            return Err(exit_error(host, argv, &out));
         }
         let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
             .map_err(|e| format!("postqueue -j on {}: {e}", host.label()))?;

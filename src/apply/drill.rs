@@ -479,7 +479,13 @@ async fn drill_inner(
     let mut probes = Vec::new();
     for user in &d.probes {
         let live = match dovecot::received_ids_argv(user) {
-            Ok(argv) => match ah.run(&argv).await {
+            Ok(argv) => match ah
+                .run(&crate::adapters::mail::wrap(
+                    crate::adapters::mail::MailPlace::of(spec, instance).as_ref(),
+                    argv,
+                ))
+                .await
+            {
                 Ok(o) if o.success() => {
                     dovecot::parse_received_ids(&o.stdout_text()).map_err(|e| e.to_string())
                 }

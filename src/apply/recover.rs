@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::adapters::mail::{self, MailPlace};
 use crate::adapters::{dovecot, files, zfs};
 use crate::decide::recover::{self, FolderPlan, RecoverError, RestorePoint, Selector};
 use crate::model::RunState;
@@ -262,8 +263,12 @@ pub struct Mailbox {
 
 /// Ask Dovecot on `host` about `user` and resolve the path (its deepest existing ancestor
 /// when the mail directory itself is gone, as after a user deleted everything).
-pub async fn locate(host: &Host, user: &str) -> Result<Mailbox, RestoreError> {
-    let argv = dovecot::user_argv(user)?;
+pub async fn locate(
+    host: &Host,
+    place: Option<&MailPlace>,
+    user: &str,
+) -> Result<Mailbox, RestoreError> {
+    let argv = mail::wrap(place, dovecot::user_argv(user)?);
     let out = run(host, &argv, host.timeout()).await?;
     if out.status == Some(67) || (out.success() && out.stdout.is_empty()) {
         return Err(RestoreError::Request(format!(
@@ -323,6 +328,8 @@ struct Ctx<'a> {
     obs: crate::model::Observation,
     active: String,
     dataset: String,
+    /// The instance's own Dovecot (`mail.in: runtime`), `None`: the node's.
+    place: Option<MailPlace>,
 }
 
 impl Ctx<'_> {
@@ -371,8 +378,21 @@ async fn context<'a>(spec: &'a Spec, instance: &str) -> Result<Ctx<'a>, RestoreE
              first): a restore imports where users read; nothing was changed"
         )));
     }
+    let place = MailPlace::of(spec, instance);
+    if place.is_some()
+        && matches!(
+            inst.runtime,
+            crate::spec::Runtime::Ezjail { .. } | crate::spec::Runtime::Jail { .. }
+        )
+    {
+        return Err(RestoreError::Request(format!(
+            "instance {instance}'s Dovecot runs inside its jail, which does not see the staged copy spoolkeeper makes under {} on the node: restore into a jailed Dovecot is not supported yet; nothing was changed",
+            files::SCRATCH_DIR
+        )));
+    }
     Ok(Ctx {
         spec,
+        place,
         dataset: inst.dataset.to_string(),
         conns,
         obs,
@@ -383,7 +403,7 @@ async fn context<'a>(spec: &'a Spec, instance: &str) -> Result<Ctx<'a>, RestoreE
 /// The mailbox's path relative to the instance dataset (from the active node's view).
 async fn relative(ctx: &Ctx<'_>, user: &str) -> Result<(Mailbox, String), RestoreError> {
     let host = node(&ctx.conns, &ctx.active)?;
-    let mb = locate(host, user).await?;
+    let mb = locate(host, ctx.place.as_ref(), user).await?;
     let (mp, _) = ctx.mountpoint(&ctx.active).ok_or_else(|| {
         RestoreError::Request(format!(
             "the dataset of the instance has no mountpoint on {}",
@@ -703,7 +723,8 @@ async fn restore_inner(
     let staged = mb.location.at(&stage);
 
     // 5. what there is, what is there already, what to import
-    let argv = dovecot::exec_imap_argv(&req.user)?;
+    let place = ctx.place.as_ref();
+    let argv = mail::wrap(place, dovecot::exec_imap_argv(&req.user)?);
     let out = active
         .run_with_stdin_timeout(&argv, dovecot::LIST_SEPARATOR_SESSION, active.timeout())
         .await
@@ -718,7 +739,7 @@ async fn restore_inner(
         ))
     })?;
     if let Some(f) = &req.folder {
-        let argv = dovecot::mailbox_list_argv(&req.user, Some(&staged))?;
+        let argv = mail::wrap(place, dovecot::mailbox_list_argv(&req.user, Some(&staged))?);
         let out = run_ok(active, &argv, LONG).await?;
         let folders = dovecot::parse_mailbox_list(&out.stdout_text());
         if !folders.iter().any(|x| x == f) {
@@ -731,24 +752,27 @@ async fn restore_inner(
         }
     }
     let q = recover::query(req.folder.as_deref(), req.since, req.until);
-    let argv = dovecot::listing_argv(&req.user, Some(&staged), &q)?;
+    let argv = mail::wrap(place, dovecot::listing_argv(&req.user, Some(&staged), &q)?);
     let source = recover::restorable(
         dovecot::parse_listing(&run_ok(active, &argv, LONG).await?.stdout_text())?,
         sep,
         req.folder.as_deref(),
     );
     let restore_root = recover::restore_root(&point, sep);
-    let existing = live_restored(active, &req.user, &restore_root, sep).await?;
+    let existing = live_restored(active, place, &req.user, &restore_root, sep).await?;
     let plans = recover::to_import(&source, &existing, &restore_root, sep);
 
     // 6. import
     if !req.dry_run {
         for p in plans.iter().filter(|p| !p.uids.is_empty()) {
-            let argv = dovecot::import_argv(&req.user, &staged, &restore_root, &p.source, &p.uids)?;
+            let argv = mail::wrap(
+                place,
+                dovecot::import_argv(&req.user, &staged, &restore_root, &p.source, &p.uids)?,
+            );
             run_ok(active, &argv, LONG).await?;
         }
         // check: every folder now holds what the snapshot held
-        let after = live_restored(active, &req.user, &restore_root, sep).await?;
+        let after = live_restored(active, place, &req.user, &restore_root, sep).await?;
         let left: usize = recover::to_import(&source, &after, &restore_root, sep)
             .iter()
             .map(|p| p.uids.len())
@@ -782,12 +806,13 @@ async fn restore_inner(
 /// What the live mailbox holds under the restore folder.
 async fn live_restored(
     host: &Host,
+    place: Option<&MailPlace>,
     user: &str,
     root: &str,
     sep: char,
 ) -> Result<Vec<dovecot::Listed>, RestoreError> {
     let q = vec!["mailbox".to_owned(), format!("{root}{sep}*")];
-    let argv = dovecot::listing_argv(user, None, &q)?;
+    let argv = mail::wrap(place, dovecot::listing_argv(user, None, &q)?);
     Ok(dovecot::parse_listing(
         &run_ok(host, &argv, LONG).await?.stdout_text(),
     )?)

@@ -23,6 +23,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::adapters::dovecot;
+use crate::adapters::mail::{self, MailPlace};
 use crate::adapters::postfix_cmd::{self, HeldMessage};
 use crate::decide::archive;
 use crate::decide::restore::*;
@@ -115,6 +116,7 @@ pub(crate) async fn dump_held(
 #[allow(clippy::type_complexity)]
 async fn spool_state(
     node: &Host,
+    place: Option<&MailPlace>,
     pending: &[&QueueEntry],
     users: &BTreeSet<String>,
     since: &BTreeMap<String, Option<Timestamp>>,
@@ -135,7 +137,7 @@ async fn spool_state(
     for e in pending {
         match postfix_cmd::postcat_argv([e.queue_id.as_str()]) {
             Ok(a) => {
-                queued_ids.push((*e, b.push(a)));
+                queued_ids.push((*e, b.push(mail::wrap(place, a))));
             }
             Err(err) => {
                 for r in &e.recipients {
@@ -150,7 +152,7 @@ async fn spool_state(
         let mailbox = mailbox_user(u, delimiters);
         match dovecot::fetch_message_ids_argv(&mailbox, since.get(u).copied().flatten()) {
             Ok(a) => {
-                who.push((u.clone(), b.push(a)));
+                who.push((u.clone(), b.push(mail::wrap(place, a))));
             }
             Err(e) => {
                 broken.insert(u.clone(), e.to_string());
@@ -236,6 +238,7 @@ const PER_SESSION_MIN: usize = 16;
 /// unrecorded message per session: the next run's Message-ID check catches it, as with one.
 async fn replay_all(
     node: &Host,
+    place: Option<&MailPlace>,
     messages: &mut [MessageReport],
     contents: &BTreeMap<String, HeldMessage>,
     ledger: &mut Ledger,
@@ -263,11 +266,9 @@ async fn replay_all(
             (idx, reports, Vec::new())
         })
         .collect();
-    futures::future::join_all(
-        parts
-            .iter_mut()
-            .map(|(_, reports, errs)| one_session(node, reports, contents, &shared, &stop, errs)),
-    )
+    futures::future::join_all(parts.iter_mut().map(|(_, reports, errs)| {
+        one_session(node, place, reports, contents, &shared, &stop, errs)
+    }))
     .await;
     *ledger = shared
         .into_inner()
@@ -283,6 +284,7 @@ async fn replay_all(
 /// One `sendmail -bs` session of [`replay_all`].
 async fn one_session(
     node: &Host,
+    place: Option<&MailPlace>,
     messages: &mut [MessageReport],
     contents: &BTreeMap<String, HeldMessage>,
     ledger: &std::sync::Mutex<Ledger>,
@@ -290,7 +292,10 @@ async fn one_session(
     errors: &mut Vec<String>,
 ) {
     let todo = would_replay(messages);
-    let mut child = match node.spawn(&postfix_cmd::sendmail_bs_argv()).await {
+    let mut child = match node
+        .spawn(&mail::wrap(place, postfix_cmd::sendmail_bs_argv()))
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot start sendmail -bs on {}: {e}", node.label());
@@ -494,11 +499,11 @@ pub async fn run(
     state_dir: &Path,
 ) -> Result<Report, String> {
     let cluster = spec.name.as_str();
-    let archive_spec =
-        spec.spec.archive.as_ref().ok_or_else(|| {
-            format!("cluster {cluster} has no `archive:`: nothing to restore from")
-        })?;
-    let template = &archive_spec.address;
+    if spec.spec.archive.is_none() {
+        return Err(format!(
+            "cluster {cluster} has no `archive:`: nothing to restore from"
+        ));
+    }
     let instances: Vec<(&str, &crate::spec::Instance)> = match instance {
         Some(want) => {
             let found = spec
@@ -516,6 +521,76 @@ pub async fn run(
             .map(|(n, i)| (n.as_str(), i))
             .collect(),
     };
+    // One pass per mail system: the instances the node's Postfix serves together, then each
+    // instance with its own (`mail.in: runtime`), whose queue and mailboxes are its own.
+    type Group<'s> = (Option<MailPlace>, Vec<(&'s str, &'s crate::spec::Instance)>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let shared: Vec<_> = instances
+        .iter()
+        .copied()
+        .filter(|(_, i)| i.mail.is_node())
+        .collect();
+    if !shared.is_empty() {
+        groups.push((None, shared));
+    }
+    for (n, i) in instances.iter().copied().filter(|(_, i)| !i.mail.is_node()) {
+        groups.push((MailPlace::of(spec, n), vec![(n, i)]));
+    }
+    let mut total: Option<Report> = None;
+    for (place, group) in groups {
+        let r = run_group(
+            spec,
+            conns,
+            obs,
+            group,
+            place.as_ref(),
+            target,
+            dry_run,
+            state_dir,
+        )
+        .await?;
+        total = Some(match total {
+            None => r,
+            Some(mut t) => {
+                t.instances.extend(r.instances);
+                t.messages.extend(r.messages);
+                t.counts = Counts::of(&t.messages);
+                t.errors.extend(r.errors);
+                t.warnings.extend(r.warnings);
+                t.replay_secs = match (t.replay_secs, r.replay_secs) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| format!("cluster {cluster} has no instance to replay"))
+}
+
+/// [`run`] for the instances one mail system serves (`place`: `None` for the node's own).
+#[allow(clippy::too_many_arguments)]
+async fn run_group(
+    spec: &Spec,
+    conns: &Connections,
+    obs: &Observation,
+    instances: Vec<(&str, &crate::spec::Instance)>,
+    place: Option<&MailPlace>,
+    target: Target<'_>,
+    dry_run: bool,
+    state_dir: &Path,
+) -> Result<Report, String> {
+    let cluster = spec.name.as_str();
+    let template = &spec
+        .spec
+        .archive
+        .as_ref()
+        .ok_or_else(|| format!("cluster {cluster} has no `archive:`: nothing to restore from"))?
+        .address;
+    let mail_of = instances
+        .first()
+        .filter(|(_, i)| !i.mail.is_node())
+        .map(|(n, _)| *n);
     let active = target.node.unwrap_or(spec.spec.active.as_str());
     obs.nodes
         .get(active)
@@ -606,7 +681,10 @@ pub async fn run(
     }
     // the spool's own queue, listed now (after the archive host was observed)
     let listing = node
-        .run(&crate::adapters::postfix::postqueue_argv())
+        .run(&mail::wrap(
+            place,
+            crate::adapters::postfix::postqueue_argv(),
+        ))
         .await
         .map_err(|e| format!("postqueue -j on {active}: {e}"))?;
     if !listing.success() {
@@ -622,12 +700,20 @@ pub async fn run(
     let delimiters = obs
         .nodes
         .get(active)
-        .and_then(|n| n.postfix.as_ref())
+        .and_then(|n| n.postfix_of(mail_of))
         .and_then(|p| p.settings.get("recipient_delimiter"))
         .cloned()
         .unwrap_or_default();
-    let (mailboxes, queued, broken) =
-        spool_state(node, &pending, &users, &since, &all_domains, &delimiters).await?;
+    let (mailboxes, queued, broken) = spool_state(
+        node,
+        place,
+        &pending,
+        &users,
+        &since,
+        &all_domains,
+        &delimiters,
+    )
+    .await?;
 
     // 4. decide
     let (instance_reports, messages, errs) = decide(
@@ -644,7 +730,15 @@ pub async fn run(
         let any = messages
             .iter()
             .any(|m| m.action == MessageAction::WouldReplay);
-        replay_all(node, &mut messages, &contents, &mut ledger, &mut errors).await;
+        replay_all(
+            node,
+            place,
+            &mut messages,
+            &contents,
+            &mut ledger,
+            &mut errors,
+        )
+        .await;
         if any {
             replay_secs = Some(started.elapsed().as_secs_f64());
         }

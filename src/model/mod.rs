@@ -282,6 +282,10 @@ pub struct NodeObservation {
     pub instances: BTreeMap<String, InstanceState>,
     /// Postfix on the node, when asked for.
     pub postfix: Option<PostfixObservation>,
+    /// The own Postfix of each instance whose mail runs in its runtime (`mail.in: runtime`),
+    /// by instance name, where it answered (a stopped jail's Postfix cannot be asked).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instance_postfix: BTreeMap<String, PostfixObservation>,
     /// Commands that failed while the host was reachable (the observation is partial).
     pub errors: Vec<String>,
     /// spoolkeeper's scratch clones on the node (a running or crashed `restore` or `drill`).
@@ -318,8 +322,26 @@ impl NodeObservation {
             missing_datasets: Vec::new(),
             instances: BTreeMap::new(),
             postfix: None,
+            instance_postfix: BTreeMap::new(),
             errors: Vec::new(),
             scratch: Vec::new(),
+        }
+    }
+
+    /// The Postfix a mail system reference names: the node's (`None`), or the own Postfix of
+    /// the instance `Some(name)`.
+    pub fn postfix_of(&self, mail: Option<&str>) -> Option<&PostfixObservation> {
+        match mail {
+            None => self.postfix.as_ref(),
+            Some(i) => self.instance_postfix.get(i),
+        }
+    }
+
+    /// [`Self::postfix_of`], mutable (the planner's promised effects).
+    pub fn postfix_of_mut(&mut self, mail: Option<&str>) -> Option<&mut PostfixObservation> {
+        match mail {
+            None => self.postfix.as_mut(),
+            Some(i) => self.instance_postfix.get_mut(i),
         }
     }
 

@@ -257,6 +257,24 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
             b.push(postfix::cat_table_argv(BCC_MAP_FILE)),
         )
     });
+    // Each instance's own Postfix (`mail.in: runtime`), through its mail place.
+    let mut own_at = BTreeMap::new();
+    for name in s.spec.instances.keys() {
+        if let Some(place) = crate::adapters::mail::MailPlace::of(s, name.as_str()) {
+            let names: Vec<String> = POSTFIX_PARAMETERS
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect();
+            own_at.insert(
+                name.to_string(),
+                (
+                    b.push(place.wrap(postfix::postconf_argv(&names))),
+                    b.push(place.wrap(postfix::postqueue_argv())),
+                    b.push(place.table_argv(BCC_MAP_FILE)),
+                ),
+            );
+        }
+    }
     let outs = match h.run_slots(&b).await {
         Ok(o) => o,
         Err(e) => return unreachable(&e),
@@ -349,6 +367,40 @@ pub async fn observe_node(s: &Spec, node: &str, h: &Host) -> NodeObservation {
             p.files.insert(BCC_MAP_FILE.into(), f.stdout_text());
         }
         obs.postfix = Some(p);
+    }
+    for (name, (conf, queue, table)) in own_at {
+        // A stopped jail's Postfix cannot be asked, and an instance's queue directory on its
+        // dataset is not there while the copy is an unmounted replica: only where the
+        // instance runs is a failure an error.
+        let running = obs
+            .instances
+            .get(&name)
+            .is_some_and(|st| st.state == RunState::Running);
+        let Some(conf) = outs.get(conf) else { continue };
+        if !conf.success() {
+            if running {
+                errors.push(format!(
+                    "{name}'s own Postfix: postconf exited {:?}: {}",
+                    conf.status,
+                    conf.stderr_text().trim()
+                ));
+            }
+            continue;
+        }
+        let mut own_errors = Vec::new();
+        let queue = outs.get(queue).map_or(Queue::Missing, Queue::Listed);
+        let mut p = read_postfix(conf, queue, &mut own_errors);
+        if running {
+            errors.extend(
+                own_errors
+                    .into_iter()
+                    .map(|e| format!("{name}'s own Postfix: {e}")),
+            );
+        }
+        if let Some(f) = outs.get(table).filter(|o| o.success()) {
+            p.files.insert(BCC_MAP_FILE.into(), f.stdout_text());
+        }
+        obs.instance_postfix.insert(name, p);
     }
     obs.capabilities = caps;
     obs.errors = errors;
@@ -521,6 +573,9 @@ pub fn text(s: &Spec, o: &Observation) -> String {
         }
         if let Some(p) = &n.postfix {
             let _ = writeln!(t, "  postfix queue {} message(s)", p.queue.len());
+        }
+        for (i, p) in &n.instance_postfix {
+            let _ = writeln!(t, "  {i}'s own postfix queue {} message(s)", p.queue.len());
         }
         for e in &n.errors {
             let _ = writeln!(t, "  error: {e}");

@@ -474,9 +474,25 @@ pub struct Action {
     pub kind: ActionKind,
     /// Why this step is needed, for the operator.
     pub reason: String,
+    /// The instance whose own Postfix and Dovecot (`mail.in: runtime`) the commands run in;
+    /// `None`: the host's. The argv go through `adapters::mail::MailPlace::wrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
 }
 
 impl Action {
+    /// The same step in an instance's own mail system (`None`: the host's, unchanged).
+    pub fn in_mail(mut self, mail: Option<String>) -> Self {
+        if let Some(m) = &mail
+            && let [h, k, o] = self.id.splitn(3, ':').collect::<Vec<_>>()[..]
+        {
+            // `node:kind:object` → `node:kind:INSTANCE/object`: one id per Postfix
+            self.id = format!("{h}:{k}:{m}/{o}");
+        }
+        self.mail = mail;
+        self
+    }
+
     pub fn new(host: Target, kind: ActionKind, reason: impl Into<String>) -> Self {
         let object = match &kind {
             ActionKind::CreateDataset { dataset, .. }
@@ -530,6 +546,7 @@ impl Action {
             host,
             kind,
             reason: reason.into(),
+            mail: None,
         }
     }
 }
@@ -547,10 +564,10 @@ pub enum Object {
     Service { instance: String },
     /// The cluster's fence proofs (nodes powered off by the fencing command).
     Fences,
-    /// A host's Postfix configuration.
-    Postfix(Target),
-    /// A host's Postfix queue.
-    Queue(Target),
+    /// A host's Postfix configuration (or, with an instance, that instance's own Postfix).
+    Postfix(Target, Option<String>),
+    /// A host's Postfix queue (or, with an instance, that instance's own Postfix's).
+    Queue(Target, Option<String>),
     /// The archive host's hold queue.
     ArchiveHold,
 }
@@ -562,8 +579,10 @@ impl fmt::Display for Object {
             Object::Instance { node, instance } => write!(f, "instance {instance} on {node}"),
             Object::Service { instance } => write!(f, "the service of {instance}"),
             Object::Fences => f.write_str("the fence proofs"),
-            Object::Postfix(t) => write!(f, "the Postfix configuration of {t}"),
-            Object::Queue(t) => write!(f, "the Postfix queue of {t}"),
+            Object::Postfix(t, None) => write!(f, "the Postfix configuration of {t}"),
+            Object::Postfix(t, Some(i)) => write!(f, "the Postfix configuration of {i} on {t}"),
+            Object::Queue(t, None) => write!(f, "the Postfix queue of {t}"),
+            Object::Queue(t, Some(i)) => write!(f, "the Postfix queue of {i} on {t}"),
             Object::ArchiveHold => f.write_str("the archive hold queue"),
         }
     }
@@ -598,6 +617,13 @@ impl Action {
             .iter()
             .find(|(n, _)| n.as_str() == node)
             .map(|(_, n)| n.pool.to_string());
+        let own_mail = |i: &str| {
+            spec.spec
+                .instances
+                .iter()
+                .find(|(n, x)| n.as_str() == i && !x.mail.is_node())
+                .map(|_| i.to_owned())
+        };
         let instance_of = |d: &str| {
             let rel = d.strip_prefix(pool.as_deref()?)?.strip_prefix('/')?;
             spec.spec
@@ -653,7 +679,7 @@ impl Action {
                 ),
                 (service(instance), Write),
                 (Object::Fences, Read),
-                (Object::Postfix(self.host.clone()), Read),
+                (Object::Postfix(self.host.clone(), own_mail(instance)), Read),
             ],
             ActionKind::StopInstance { instance } => vec![
                 (
@@ -666,7 +692,7 @@ impl Action {
                 (service(instance), Write),
             ],
             ActionKind::WriteFile { .. } | ActionKind::Postconf { .. } => {
-                vec![(Object::Postfix(self.host.clone()), Write)]
+                vec![(Object::Postfix(self.host.clone(), self.mail.clone()), Write)]
             }
             ActionKind::Fence { .. } | ActionKind::ForgetFence { .. } => {
                 vec![(Object::Fences, Write)]
@@ -699,7 +725,10 @@ impl Action {
                 let into = into.clone().unwrap_or_else(|| spec.spec.active.to_string());
                 vec![
                     (Object::ArchiveHold, Write),
-                    (Object::Queue(Target::Node(into.clone())), Write),
+                    (
+                        Object::Queue(Target::Node(into.clone()), own_mail(instance)),
+                        Write,
+                    ),
                     (
                         Object::Instance {
                             node: into,
@@ -710,12 +739,14 @@ impl Action {
                 ]
             }
             ActionKind::FlushQueue => vec![
-                (Object::Queue(self.host.clone()), Write),
+                (Object::Queue(self.host.clone(), self.mail.clone()), Write),
                 (Object::ArchiveHold, Write),
             ],
-            ActionKind::DropQueued { .. } => vec![(Object::Queue(self.host.clone()), Write)],
+            ActionKind::DropQueued { .. } => {
+                vec![(Object::Queue(self.host.clone(), self.mail.clone()), Write)]
+            }
             ActionKind::WaitDelivered { instance, .. } => vec![
-                (Object::Queue(self.host.clone()), Read),
+                (Object::Queue(self.host.clone(), self.mail.clone()), Read),
                 (
                     Object::Instance {
                         node: node.clone(),

@@ -32,6 +32,7 @@ impl Planner<'_> {
                         crate::decide::archive::archive_host_settings(template.archive_domain(), &path);
                     archive_ready = self.postfix_config(
                         Target::Archive,
+                        None,
                         pf,
                         crate::decide::archive::HOLD_MAP_FILE,
                         &path,
@@ -51,50 +52,83 @@ impl Planner<'_> {
         // hand does, and its mail must have an archive copy like any other.
         let mut nodes: BTreeSet<&NodeName> = serving.values().collect();
         nodes.extend(spec.spec.nodes.keys().filter(|n| self.reachable(n)));
+        let node_domains: Vec<String> = spec
+            .spec
+            .instances
+            .values()
+            .filter(|i| i.mail.is_node())
+            .flat_map(|i| i.domains.iter().cloned())
+            .collect();
         for active in nodes {
             let Some(a_obs) = self.node(active) else {
                 continue;
             };
-            let Some(pf) = a_obs.postfix.as_ref() else {
-                self.plan.note(format!(
-                    "no Postfix observed on {active}: the archive BCC cannot be checked"
-                ));
-                continue;
-            };
-            let domains: Vec<String> = spec
+            // The node's Postfix, for the instances it serves; then each instance's own.
+            let mut mtas: Vec<(Option<String>, Vec<String>)> = Vec::new();
+            if spec.spec.instances.values().any(|i| i.mail.is_node()) {
+                mtas.push((None, node_domains.clone()));
+            }
+            for (name, inst) in spec
                 .spec
                 .instances
-                .values()
-                .flat_map(|i| i.domains.iter().cloned())
-                .collect();
-            match crate::decide::archive::bcc_map(template, &domains) {
-                Ok(table) => {
-                    let dir = pf
-                        .settings
-                        .get("config_directory")
-                        .cloned()
-                        .unwrap_or_else(|| "/etc/postfix".into());
-                    let path = format!("{dir}/{}", crate::decide::archive::BCC_MAP_FILE);
-                    let want = crate::decide::archive::spool_settings(&path);
-                    let ids = self.postfix_config(
-                        Target::Node(active.to_string()),
-                        pf,
-                        crate::decide::archive::BCC_MAP_FILE,
-                        &path,
-                        &table,
-                        &want,
-                        "every message a spool accepts is BCC'd to the archive host (PDMA = 0)",
-                    );
-                    for id in &ids {
-                        for r in &archive_ready {
-                            self.plan.edge(*r, *id);
+                .iter()
+                .filter(|(_, i)| !i.mail.is_node())
+            {
+                mtas.push((Some(name.to_string()), inst.domains.clone()));
+            }
+            for (mail, domains) in mtas {
+                let Some(pf) = a_obs.postfix_of(mail.as_deref()) else {
+                    match &mail {
+                        None => self.plan.note(format!(
+                            "no Postfix observed on {active}: the archive BCC cannot be checked"
+                        )),
+                        // a stopped jail's Postfix cannot be asked; a serving one must answer
+                        Some(i) if serving.get(i.as_str()) == Some(active) => {
+                            self.plan.note(format!(
+                                "{i}'s own Postfix did not answer on {active}: its archive BCC is checked once it does"
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    continue;
+                };
+                match crate::decide::archive::bcc_map(template, &domains) {
+                    Ok(table) => {
+                        let dir = pf
+                            .settings
+                            .get("config_directory")
+                            .cloned()
+                            .unwrap_or_else(|| "/etc/postfix".into());
+                        let path = format!("{dir}/{}", crate::decide::archive::BCC_MAP_FILE);
+                        let want = crate::decide::archive::spool_settings(&path);
+                        let why = match &mail {
+                            None => "every message a spool accepts is BCC'd to the archive host (PDMA = 0)".to_owned(),
+                            Some(i) => format!("every message {i}'s own Postfix accepts is BCC'd to the archive host (PDMA = 0)"),
+                        };
+                        let ids = self.postfix_config(
+                            Target::Node(active.to_string()),
+                            mail.clone(),
+                            pf,
+                            crate::decide::archive::BCC_MAP_FILE,
+                            &path,
+                            &table,
+                            &want,
+                            &why,
+                        );
+                        for id in &ids {
+                            for r in &archive_ready {
+                                self.plan.edge(*r, *id);
+                            }
                         }
                     }
+                    Err(e) => self.plan.block(Blocked::ArchiveBcc {
+                        node: match &mail {
+                            None => active.to_string(),
+                            Some(i) => format!("{active} ({i}'s own Postfix)"),
+                        },
+                        detail: e.to_string(),
+                    }),
                 }
-                Err(e) => self.plan.block(Blocked::ArchiveBcc {
-                    node: active.to_string(),
-                    detail: e.to_string(),
-                }),
             }
         }
     }
@@ -104,6 +138,7 @@ impl Planner<'_> {
     fn postfix_config(
         &mut self,
         host: Target,
+        mail: Option<String>,
         pf: &crate::model::PostfixObservation,
         file: &str,
         path: &str,
@@ -114,21 +149,26 @@ impl Planner<'_> {
         let mut ids = Vec::new();
         let table_changed = pf.files.get(file).map(String::as_str) != Some(table);
         if table_changed {
-            ids.push(self.plan.add(Action::new(
-                host.clone(),
-                ActionKind::WriteFile {
-                    path: path.into(),
-                    content: table.into(),
-                },
-                format!(
-                    "{why}: {path} is {}",
-                    if pf.files.contains_key(file) {
-                        "out of date"
-                    } else {
-                        "missing"
-                    }
+            ids.push(
+                self.plan.add(
+                    Action::new(
+                        host.clone(),
+                        ActionKind::WriteFile {
+                            path: path.into(),
+                            content: table.into(),
+                        },
+                        format!(
+                            "{why}: {path} is {}",
+                            if pf.files.contains_key(file) {
+                                "out of date"
+                            } else {
+                                "missing"
+                            }
+                        ),
+                    )
+                    .in_mail(mail.clone()),
                 ),
-            )));
+            );
         }
         let drift: BTreeMap<String, String> = want
             .iter()
@@ -136,21 +176,24 @@ impl Planner<'_> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if table_changed || !drift.is_empty() {
-            let id = self.plan.add(Action::new(
-                host,
-                ActionKind::Postconf {
-                    settings: drift.clone(),
-                    reload: true,
-                },
-                if drift.is_empty() {
-                    format!("{why}: Postfix must read the new {file}")
-                } else {
-                    format!(
-                        "{why}: {} differ",
-                        drift.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )
-                },
-            ));
+            let id = self.plan.add(
+                Action::new(
+                    host,
+                    ActionKind::Postconf {
+                        settings: drift.clone(),
+                        reload: true,
+                    },
+                    if drift.is_empty() {
+                        format!("{why}: Postfix must read the new {file}")
+                    } else {
+                        format!(
+                            "{why}: {} differ",
+                            drift.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                )
+                .in_mail(mail),
+            );
             for i in &ids {
                 self.plan.edge(*i, id);
             }

@@ -205,7 +205,7 @@ pub fn apply(obs: &mut Observation, a: &Action) {
         | ActionKind::Postconf { .. }
         | ActionKind::PurgeArchive { .. }
         | ActionKind::DropQueued { .. } => {
-            if let Some(pf) = n.postfix.as_mut() {
+            if let Some(pf) = n.postfix_of_mut(a.mail.as_deref()) {
                 postfix_effect(pf, &a.kind);
             }
         }

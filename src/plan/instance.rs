@@ -498,8 +498,7 @@ impl Planner<'_> {
         // are deleted, and the replay owed covers every held copy instead of the newest
         // snapshot's window, recorded before they are.
         let queued: Vec<String> = self
-            .node(active)
-            .and_then(|o| o.postfix.as_ref())
+            .postfix_for(active, name)
             .filter(|_| self.spec.spec.archive.is_some())
             .map(|p| {
                 self.spec
@@ -552,7 +551,7 @@ impl Planner<'_> {
                     "{} delivery(ies) of {name} queued on {active} from before it was a replica: replayed from the archive instead, never delivered twice",
                     queued.len()
                 ),
-            ));
+            ).in_mail(self.own_mail(name)));
             if let Some(l) = last {
                 self.plan.edge(l, drop);
             }

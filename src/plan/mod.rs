@@ -128,6 +128,27 @@ impl<'a> Planner<'a> {
         obs.nodes.get(n.as_str())
     }
 
+    /// `Some(instance)` when the instance's mail runs in its runtime (its own Postfix and
+    /// Dovecot), `None` when the node's serve it: what [`Action::in_mail`] takes.
+    fn own_mail(&self, instance: &str) -> Option<String> {
+        self.spec
+            .spec
+            .instances
+            .iter()
+            .find(|(n, i)| n.as_str() == instance && !i.mail.is_node())
+            .map(|_| instance.to_owned())
+    }
+
+    /// The Postfix that accepts `instance`'s mail on node `n`, as observed.
+    fn postfix_for(
+        &self,
+        n: &NodeName,
+        instance: &str,
+    ) -> Option<&'a crate::model::PostfixObservation> {
+        let mail = self.own_mail(instance);
+        self.node(n).and_then(|o| o.postfix_of(mail.as_deref()))
+    }
+
     fn reachable(&self, n: &NodeName) -> bool {
         self.node(n).is_some_and(|o| o.reachability.is_reachable())
     }
@@ -178,11 +199,18 @@ impl<'a> Planner<'a> {
         inst: &crate::spec::Instance,
     ) -> crate::decide::archive::SpoolBacklog {
         use crate::decide::archive::SpoolBacklog;
+        let name = self
+            .spec
+            .spec
+            .instances
+            .iter()
+            .find(|(_, i)| i.dataset == inst.dataset)
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
         let at = |n: &NodeName| {
             let o = self.node(n);
             crate::decide::archive::backlog_at(
-                o.and_then(|o| o.postfix.as_ref())
-                    .map(|p| p.queue.as_slice()),
+                self.postfix_for(n, &name).map(|p| p.queue.as_slice()),
                 &inst.domains,
                 self.obs.observed_at,
                 o.and_then(|o| o.capabilities.clock_offset_ms),

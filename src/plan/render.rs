@@ -21,6 +21,9 @@ pub struct JsonAction {
     pub effect: Effect,
     pub depends_on: Vec<String>,
     pub reason: String,
+    /// The instance whose own Postfix and Dovecot the commands run in (`mail.in: runtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
     /// The exact argv(s) the executor runs for this action, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<Vec<String>>,
@@ -93,6 +96,7 @@ pub fn to_saved(plan: &Plan, spec: Option<&Spec>) -> SavedPlan {
                 effect: a.kind.effect(),
                 depends_on: deps.into_iter().map(|(_, id)| id).collect(),
                 reason: a.reason.clone(),
+                mail: a.mail.clone(),
                 commands: spec
                     .and_then(|s| crate::adapters::dispatch::commands(s, a).ok())
                     .unwrap_or_default(),
@@ -154,6 +158,7 @@ pub fn from_saved(saved: &SavedPlan, spec: &Spec) -> Result<Plan, String> {
             host: a.host.clone(),
             kind: a.kind.clone(),
             reason: a.reason.clone(),
+            mail: a.mail.clone(),
         };
         let now = crate::adapters::dispatch::commands(spec, &action)?;
         if now != a.commands {

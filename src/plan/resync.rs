@@ -266,10 +266,7 @@ impl Planner<'_> {
             addr.rsplit_once('@')
                 .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
         };
-        let queue = self
-            .node(other)
-            .and_then(|o| o.postfix.as_ref())
-            .map(|p| p.queue.clone());
+        let queue = self.postfix_for(other, name).map(|p| p.queue.clone());
         let Some(queue) = queue else {
             self.plan.note(format!(
                 "{name}: {other}'s Postfix queue was not observed: its mail is replayed once it is"
@@ -301,7 +298,7 @@ impl Planner<'_> {
                 Target::Node(other.to_string()),
                 ActionKind::FlushQueue,
                 format!("{pending_copies} archive copie(s) accepted by {other} are still in its queue: hand them to the archive host"),
-            ));
+            ).in_mail(self.own_mail(name)));
             self.plan.note(format!(
                 "{name}: waiting for {other}'s queue to reach the archive before replaying it into {active}"
             ));
@@ -334,7 +331,7 @@ impl Planner<'_> {
                     queue_ids: stale,
                 },
                 format!("{other} does not serve {name}: its queued deliveries of it are in {active}'s mailbox once replayed, and must never be delivered again"),
-            ));
+            ).in_mail(self.own_mail(name)));
             self.plan.edge(last, drop);
             last = drop;
         }

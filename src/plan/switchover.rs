@@ -142,7 +142,7 @@ impl Planner<'_> {
                 domains: inst.domains.clone(),
             },
             format!("every message {old} accepted for {name} must be in its copy before the final snapshot"),
-        ));
+        ).in_mail(self.own_mail(name)));
         chain(&mut self.plan, &mut last, wait);
         let final_name = self.fresh_snapshot_name(&src.snapshots);
         let snap = self.snapshot_action(
@@ -240,8 +240,7 @@ impl Planner<'_> {
         // owed then covers every held copy, deduplicated against the mailbox, as in a
         // failover (`failover_steps`).
         let queued: Vec<String> = self
-            .node(active)
-            .and_then(|o| o.postfix.as_ref())
+            .postfix_for(active, name)
             .filter(|_| spec.spec.archive.is_some())
             .map(|p| Self::local_deliveries(&p.queue, inst))
             .unwrap_or_default();
@@ -280,7 +279,7 @@ impl Planner<'_> {
                     "{} delivery(ies) of {name} queued on {active} from when it served before: replayed from the archive instead, never delivered twice",
                     queued.len()
                 ),
-            ));
+            ).in_mail(self.own_mail(name)));
             chain(&mut self.plan, &mut last, drop);
         }
         // Any other copy left writable (a node that lost a failover) goes read-only first.

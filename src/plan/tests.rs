@@ -1684,3 +1684,141 @@ fn the_stream_is_compressed_only_with_a_tool_both_ends_have() {
     let (_, plain) = case(Compressors::default(), Compressors::default(), None);
     assert!(!plain[0].join(" ").contains("zstd"), "{plain:?}");
 }
+
+fn own_postfix(
+    dir: &str,
+    queue: Vec<crate::model::QueueEntry>,
+) -> crate::model::PostfixObservation {
+    crate::model::PostfixObservation {
+        settings: [("config_directory".to_string(), dir.to_string())].into(),
+        queue,
+        files: BTreeMap::new(),
+    }
+}
+
+fn commands_of(s: &Spec, p: &Plan, id: &str) -> Vec<Vec<String>> {
+    let a = p
+        .actions()
+        .into_iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("no {id} in\n{}", render::text(p, Some(s))))
+        .clone();
+    crate::adapters::dispatch::commands(s, &a).unwrap()
+}
+
+#[test]
+fn a_jailed_instance_with_its_own_postfix_gets_its_bcc_through_jexec_before_it_starts() {
+    // the seed's layout: students is an ezjail with its own Postfix; staff uses the node's
+    let mut text = SPEC.replace(
+        "      domains: [students.lab]\n",
+        "      domains: [students.lab]\n      mail: { in: runtime }\n",
+    );
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let mut o = converged();
+    for n in o.nodes.values_mut() {
+        n.postfix = Some(own_postfix("/etc/postfix", Vec::new()));
+    }
+    let a = o.nodes.get_mut("node-a").unwrap();
+    a.instances
+        .insert("students".into(), state(RunState::Stopped));
+    a.instance_postfix.insert(
+        "students".into(),
+        own_postfix("/usr/jails/students/etc/postfix", Vec::new()),
+    );
+    let p = plan(&s, &o, now(), &converged_ctx());
+    let t = render::text(&p, Some(&s));
+    assert!(!p.is_blocked(), "{t}");
+    let ids = kinds(&p);
+    let pos = |k: &str| {
+        ids.iter()
+            .position(|i| i == k)
+            .unwrap_or_else(|| panic!("no {k} in\n{t}"))
+    };
+    // the instance's own table and settings, every command through jexec
+    let table = "node-a:write_file:students//usr/jails/students/etc/postfix/spoolkeeper-bcc.regexp";
+    let conf = "node-a:postconf:students/main.cf";
+    for id in [table, conf] {
+        for argv in commands_of(&s, &p, id) {
+            assert_eq!(&argv[..2], ["jexec", "imap-students"], "{id}: {argv:?}");
+        }
+    }
+    assert_eq!(
+        commands_of(&s, &p, conf).last().unwrap(),
+        &["jexec", "imap-students", "postfix", "reload"]
+    );
+    let content = |id: &str| match p
+        .actions()
+        .into_iter()
+        .find(|a| a.id == id)
+        .map(|a| &a.kind)
+    {
+        Some(ActionKind::WriteFile { content, .. }) => content.clone(),
+        _ => panic!("no {id} in\n{t}"),
+    };
+    assert!(content(table).contains("students"), "{t}");
+    assert!(!content(table).contains("staff"), "{t}");
+    // the node's Postfix BCCs only the instances it serves
+    let node_table = content("node-a:write_file:/etc/postfix/spoolkeeper-bcc.regexp");
+    assert!(
+        node_table.contains("staff") && !node_table.contains("students"),
+        "{node_table}"
+    );
+    // the start reads the instance's own configuration: ordered after it
+    assert!(pos(conf) < pos("node-a:start_instance:students"), "{t}");
+}
+
+#[test]
+fn a_promoted_multi_instance_postfix_drops_its_own_queued_deliveries_with_its_config_directory() {
+    let mut text = SPEC
+        .replace("active: node-a", "active: node-b")
+        .replace(
+            "      domains: [students.lab]\n",
+            "      domains: [students.lab]\n      mail: { in: runtime, postfix: { config_directory: /etc/postfix-students } }\n",
+        )
+        .replace(
+            "runtime: { kind: ezjail, jail: imap-students }",
+            "runtime: { kind: exec, start: [start, \"{instance}\"], stop: [stop, \"{instance}\"], status: [status, \"{instance}\"] }",
+        );
+    text.push_str("  fenced: [node-a, node-c]\n");
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let mut o = lost_active(false);
+    let queued = crate::model::QueueEntry {
+        queue_name: "deferred".into(),
+        queue_id: "Q1".into(),
+        arrival_time: now(),
+        message_size: 1,
+        forced_expire: false,
+        sender: "s@x.org".into(),
+        recipients: vec![crate::model::QueueRecipient {
+            address: "u1@students.lab".into(),
+            delay_reason: None,
+        }],
+    };
+    let b = o.nodes.get_mut("node-b").unwrap();
+    // the node's own Postfix queues the same id for another reason: never touched
+    b.postfix = Some(own_postfix("/etc/postfix", vec![queued.clone()]));
+    b.instance_postfix.insert(
+        "students".into(),
+        own_postfix("/etc/postfix-students", vec![queued]),
+    );
+    let p = plan(&s, &o, now(), &converged_ctx());
+    let t = render::text(&p, Some(&s));
+    let drops: Vec<&Action> = p
+        .actions()
+        .into_iter()
+        .filter(|a| matches!(&a.kind, ActionKind::DropQueued { instance, .. } if instance == "students"))
+        .collect();
+    assert_eq!(drops.len(), 1, "{t}");
+    assert_eq!(drops[0].mail.as_deref(), Some("students"), "{t}");
+    assert_eq!(
+        crate::adapters::dispatch::commands(&s, drops[0]).unwrap(),
+        vec![vec!["postsuper", "-c", "/etc/postfix-students", "-d", "-"]]
+    );
+    assert!(p.check(&s).is_empty(), "{t}");
+}

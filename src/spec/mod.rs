@@ -248,6 +248,67 @@ pub struct Instance {
     /// How `spoolkeeper drill` rehearses a failover of this instance on a clone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<Drill>,
+    /// Where the MTA that accepts this instance's mail (and so sends its archive BCC) and its
+    /// mail store run: the node's own Postfix and Dovecot (default), or the instance's.
+    #[serde(default, skip_serializing_if = "Mail::is_node")]
+    pub mail: Mail,
+}
+
+/// Where an instance's Postfix and Dovecot run (`instances.X.mail`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mail {
+    /// `node` (default): the node's Postfix and Dovecot serve every instance of the node.
+    /// `runtime`: the instance has its own. For `ezjail`/`jail` runtimes every Postfix and
+    /// Dovecot command runs through `jexec JAIL`; for `exec`, through `prefix` and/or with
+    /// the instance's own `config_directory` (Postfix multi-instance: `postconf -c DIR`).
+    #[serde(rename = "in", default)]
+    pub at: MailAt,
+    /// The instance's own Postfix (multi-instance): its configuration directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postfix: Option<PostfixInstance>,
+    /// The instance's own Dovecot: its configuration file (`doveadm -c FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dovecot: Option<DovecotInstance>,
+    /// For an `exec` runtime: an argv every Postfix and Dovecot command of the instance is
+    /// run under (e.g. `[chroot, /srv/students]`); `{instance}` is replaced in whole arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix: Vec<String>,
+}
+
+impl Mail {
+    /// The default: the node's Postfix and Dovecot.
+    pub fn is_node(&self) -> bool {
+        self.at == MailAt::Node
+    }
+}
+
+/// `instances.X.mail.in`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MailAt {
+    /// The node's Postfix and Dovecot.
+    #[default]
+    Node,
+    /// The instance's own, inside its runtime.
+    Runtime,
+}
+
+/// An instance's own Postfix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostfixInstance {
+    /// Its `config_directory` (`/etc/postfix-students`): passed as `-c` to `postconf`,
+    /// `postqueue`, `postsuper`, `postcat`, `postfix` and as `-C` to `sendmail`.
+    pub config_directory: String,
+}
+
+/// An instance's own Dovecot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DovecotInstance {
+    /// Its configuration file, passed as `doveadm -c FILE`.
+    pub config: String,
 }
 
 /// A throwaway copy of an instance for a failover drill: its own start/stop argv, listeners

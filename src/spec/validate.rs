@@ -214,6 +214,7 @@ fn check_spec(s: &ClusterSpec, p: &mut Problems) {
                 }
             }
         }
+        check_mail(i, inst, p);
         if let Some(d) = &inst.drill {
             for (key, argv) in [("start", &d.start), ("stop", &d.stop)] {
                 check_argv(
@@ -587,5 +588,80 @@ fn join<'a>(it: impl Iterator<Item = &'a str>) -> String {
         "none".to_owned()
     } else {
         v.join(", ")
+    }
+}
+
+/// `instances.X.mail`: the settings of an instance's own mail system only mean something with
+/// `in: runtime`, and a jail's commands always run through `jexec` (no prefix of one's own).
+fn check_mail(i: &str, inst: &crate::spec::Instance, p: &mut Problems) {
+    use crate::spec::MailAt;
+    let m = &inst.mail;
+    fn at<'a>(i: &'a str, k: &'a str) -> [&'a str; 5] {
+        ["spec", "instances", i, "mail", k]
+    }
+    let jailed = matches!(inst.runtime, Runtime::Ezjail { .. } | Runtime::Jail { .. });
+    match m.at {
+        MailAt::Node => {
+            for (key, set) in [
+                ("postfix", m.postfix.is_some()),
+                ("dovecot", m.dovecot.is_some()),
+                ("prefix", !m.prefix.is_empty()),
+            ] {
+                if set {
+                    p.key(
+                        &at(i, key),
+                        format!(
+                            "`{key}` describes the instance's own mail system: it needs `in: runtime` (with `in: node` the node's Postfix and Dovecot serve the instance)"
+                        ),
+                    );
+                }
+            }
+        }
+        MailAt::Runtime => {
+            if jailed && !m.prefix.is_empty() {
+                p.key(
+                    &at(i, "prefix"),
+                    "a jail's Postfix and Dovecot commands run through `jexec JAIL`: `prefix` is for `exec` runtimes",
+                );
+            }
+            if !jailed && m.prefix.is_empty() && m.postfix.is_none() {
+                p.key(
+                    &at(i, "in"),
+                    "`in: runtime` with an `exec` runtime needs `postfix.config_directory` (the instance's own Postfix) or a `prefix` to run its commands under",
+                );
+            }
+            if !m.prefix.is_empty() {
+                check_argv(&m.prefix, &["{instance}"], &at(i, "prefix"), p);
+            }
+            for (key, v) in [
+                (
+                    "postfix",
+                    m.postfix.as_ref().map(|x| x.config_directory.as_str()),
+                ),
+                ("dovecot", m.dovecot.as_ref().map(|x| x.config.as_str())),
+            ] {
+                if let Some(v) = v
+                    && (!v.starts_with('/')
+                        || v.split('/').any(|c| c == "..")
+                        || v.chars().any(|c| c.is_control()))
+                {
+                    p.value(
+                        &[
+                            "spec",
+                            "instances",
+                            i,
+                            "mail",
+                            key,
+                            if key == "postfix" {
+                                "config_directory"
+                            } else {
+                                "config"
+                            },
+                        ],
+                        format!("`{v}` is not an absolute path without `..`"),
+                    );
+                }
+            }
+        }
     }
 }

@@ -423,6 +423,8 @@ impl World {
                         queue: n.queue.iter().map(queue_entry).collect(),
                         files: n.files.clone(),
                     }),
+                    // the simulated instances all use the node's Postfix (`mail.in: node`)
+                    instance_postfix: Default::default(),
                     errors: Vec::new(),
                     scratch: n
                         .scratch
