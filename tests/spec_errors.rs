@@ -100,6 +100,46 @@ fn each_single_mistake_is_rejected_with_its_location() {
             "expected `SpoolCluster`",
         ),
         (
+            "a prefix of its own on a jail runtime",
+            edit(
+                "      domains: [staff.example.org]\n",
+                "      domains: [staff.example.org]\n      mail: { in: runtime, prefix: [chroot, /x] }\n",
+            ),
+            24,
+            28,
+            "run through `jexec JAIL`",
+        ),
+        (
+            "the instance's own Postfix with in: node",
+            edit(
+                "      domains: [staff.example.org]\n",
+                "      domains: [staff.example.org]\n      mail: { postfix: { config_directory: /etc/postfix-staff } }\n",
+            ),
+            24,
+            15,
+            "it needs `in: runtime`",
+        ),
+        (
+            "a relative Postfix config_directory",
+            edit(
+                "      domains: [staff.example.org]\n",
+                "      domains: [staff.example.org]\n      mail: { in: runtime, postfix: { config_directory: etc/postfix } }\n",
+            ),
+            24,
+            57,
+            "not an absolute path",
+        ),
+        (
+            "an unknown place for the mail",
+            edit(
+                "      domains: [staff.example.org]\n",
+                "      domains: [staff.example.org]\n      mail: { in: jail }\n",
+            ),
+            24,
+            19,
+            "unknown variant `jail`",
+        ),
+        (
             "unknown top-level key",
             edit("kind: SpoolCluster\n", "kind: SpoolCluster\nstatus: {}\n"),
             3,
