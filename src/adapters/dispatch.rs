@@ -266,6 +266,9 @@ pub fn already_in_place(kind: &ActionKind, stderr: &str) -> bool {
     match kind {
         ActionKind::Hold { .. } => zfs::hold_exists(stderr),
         ActionKind::Release { .. } => zfs::hold_missing(stderr),
+        // `postfix reload` of a Postfix that is not running (an instance's own, where the
+        // instance is stopped): it reads the new configuration when it starts
+        ActionKind::Postconf { .. } => postfix::reload_not_running(stderr),
         _ => false,
     }
 }
@@ -273,6 +276,22 @@ pub fn already_in_place(kind: &ActionKind, stderr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_of_a_stopped_postfix_is_in_place_a_failed_postconf_is_not() {
+        let k = ActionKind::Postconf {
+            settings: Default::default(),
+            reload: true,
+        };
+        assert!(already_in_place(
+            &k,
+            "postfix/postfix-script: fatal: the Postfix mail system is not running\n"
+        ));
+        assert!(!already_in_place(
+            &k,
+            "postconf: fatal: open /etc/postfix/staff/main.cf for reading: No such file or directory"
+        ));
+    }
 
     #[test]
     fn holds_and_releases_are_idempotent_other_failures_are_not() {

@@ -47,6 +47,11 @@ pub fn reload_argv() -> Vec<String> {
     vec!["postfix".into(), "reload".into()]
 }
 
+/// `postfix reload` refused because that Postfix is not running (postfix-script's words).
+pub fn reload_not_running(stderr: &str) -> bool {
+    stderr.contains("the Postfix mail system is not running")
+}
+
 /// Print a lookup table of Postfix's `config_directory`: a fixed script, the file name is its
 /// positional argument (never part of the script).
 pub fn cat_table_argv(file: &str) -> Vec<String> {

@@ -135,15 +135,25 @@ impl Planner<'_> {
             ));
             chain(&mut self.plan, &mut last, id);
         }
-        let wait = self.plan.add(Action::new(
-            from.clone(),
-            ActionKind::WaitDelivered {
-                instance: name.into(),
-                domains: inst.domains.clone(),
-            },
-            format!("every message {old} accepted for {name} must be in its copy before the final snapshot"),
-        ).in_mail(self.own_mail(name)));
-        chain(&mut self.plan, &mut last, wait);
+        if inst.mail.is_node() {
+            let wait = self.plan.add(Action::new(
+                from.clone(),
+                ActionKind::WaitDelivered {
+                    instance: name.into(),
+                    domains: inst.domains.clone(),
+                },
+                format!("every message {old} accepted for {name} must be in its copy before the final snapshot"),
+            ));
+            chain(&mut self.plan, &mut last, wait);
+        } else {
+            // The instance's own Postfix stops with it: what it still queues either travels
+            // with the final snapshot (a queue on the dataset, a jail's root) and is delivered
+            // once on the new node, or stays on the old node, whose queued deliveries of the
+            // instance are then dropped and replayed from the archive (the resync's hand-over).
+            self.plan.note(format!(
+                "{name}: no wait for {old}'s queue: the instance's own Postfix stops with it"
+            ));
+        }
         let final_name = self.fresh_snapshot_name(&src.snapshots);
         let snap = self.snapshot_action(
             old,

@@ -16,9 +16,10 @@ usage() { echo "usage: sk-instance start|stop|status|drill-stop students|staff, 
 [ $# -ge 2 ] || usage
 verb=$1
 inst=$2
+# own_pf: the instance's own Postfix (multi-instance), empty when the node's serves it
 case "$inst" in
-  students) addr=10.77.0.21; domain=students.lab ;;
-  staff)    addr=10.77.0.22; domain=staff.lab ;;
+  students) addr=10.77.0.21; domain=students.lab; own_pf= ;;
+  staff)    addr=10.77.0.22; domain=staff.lab; own_pf=/etc/postfix/staff ;;
   *) echo "sk-instance: unknown instance '$inst' (the lab knows students, staff)" >&2; exit 2 ;;
 esac
 mountpoint_dir=/zdata/imap/$inst
@@ -28,6 +29,26 @@ dev=eth0
 # SIGPIPE `ip` and turn a present address into "stopped" at random.
 has_addr() { ip -4 -o addr show dev "$dev" | grep -F " $addr/" >/dev/null; }
 postfix_up() { postfix status >/dev/null 2>&1; }
+own_up() { [ -z "$own_pf" ] || postfix -c "$own_pf" status >/dev/null 2>&1; }
+own_start() {
+  [ -n "$own_pf" ] || return 0
+  own_up && return 0
+  # the queue lives on the dataset; a pid file replicated from another node means nothing here
+  rm -f "$mountpoint_dir/.postfix/pid/master.pid"
+  mkdir -p "$mountpoint_dir/.postfix"
+  postfix -c "$own_pf" check </dev/null >/dev/null 2>&1 || true
+  postfix -c "$own_pf" start </dev/null >/dev/null 2>&1 || own_up ||
+    { echo "sk-instance: the own Postfix of $inst did not start (see /var/log/postfix-staff.log)" >&2; exit 1; }
+}
+own_stop() {
+  [ -n "$own_pf" ] || return 0
+  own_up || return 0
+  local p
+  p=$(cat "$mountpoint_dir/.postfix/pid/master.pid" 2>/dev/null | tr -d ' ' || true)
+  postfix -c "$own_pf" stop </dev/null >/dev/null 2>&1 || true
+  # every process of it gone, so that the dataset can be unmounted
+  if [ -n "$p" ]; then for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; fi
+}
 dovecot_up() {
   [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null
 }
@@ -78,6 +99,7 @@ case "$verb" in
       exit 1
     fi
     ensure_daemons
+    own_start
     if ! has_addr; then ip addr add "$addr/24" dev "$dev"; fi
     # Tell the segment the address moved (the old holder's MAC may be cached); in the background
     # (arping waits for its deadline) and detached from our stdio so that SSH returns at once.
@@ -87,12 +109,16 @@ case "$verb" in
     ;;
   stop)
     if has_addr; then ip addr del "$addr/24" dev "$dev"; fi
+    own_stop
     if dovecot_up; then doveadm kick "*@$domain" >/dev/null 2>&1 || true; fi
     echo "sk-instance: $inst stopped on $(hostname)"
     ;;
   status)
-    if ! has_addr; then echo "$inst: stopped"; exit 3; fi
-    if postfix_up && dovecot_up; then echo "$inst: running ($addr)"; exit 0; fi
+    if ! has_addr; then
+      if [ -n "$own_pf" ] && own_up; then echo "$inst: address absent but its own Postfix runs"; exit 1; fi
+      echo "$inst: stopped"; exit 3
+    fi
+    if postfix_up && dovecot_up && own_up; then echo "$inst: running ($addr)"; exit 0; fi
     echo "$inst: address $addr present but postfix or dovecot is dead"; exit 1
     ;;
   *) usage ;;

@@ -213,8 +213,11 @@ maximal_backoff_time = 60s
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 EOF
   if is_node "$h"; then
+    # staff.lab is served by the staff instance's own Postfix (write_postfix_staff), not by
+    # this one: mail for it reaching the node's Postfix is refused, never delivered unarchived.
     cat >>"$dir/main.cf" <<'EOF'
-virtual_mailbox_domains = students.lab staff.lab
+alternate_config_directories = /etc/postfix/staff
+virtual_mailbox_domains = students.lab
 virtual_transport = lmtp:inet:127.0.0.1:24
 smtpd_reject_unlisted_recipient = no
 transport_maps = inline:{archive.lab=smtp:[10.77.0.13]}
@@ -225,6 +228,56 @@ relay_domains = archive.lab
 smtpd_recipient_restrictions = check_recipient_access inline:{archive.lab=HOLD}, permit_mynetworks, reject_unauth_destination
 EOF
   fi
+}
+
+# The staff instance's own Postfix (multi-instance, `mail: { in: runtime, postfix: {
+# config_directory: /etc/postfix/staff } }` in examples/lab.yaml): its queue lives on the
+# instance's dataset, so it is replicated with the mail and a promoted replica comes up with
+# the queue files the old active had; it listens on port 2525 and runs only where the
+# instance runs (sk-instance starts and stops it).
+write_postfix_staff() {
+  local h=$1 dir=$2/staff
+  mkdir -p "$dir"
+  write_postfix_master "$dir"
+  sed -i 's/^smtp      inet /2525      inet /' "$dir/master.cf"
+  cat >"$dir/main.cf" <<EOF
+# spoolkeeper lab: the staff instance's own Postfix on $h
+compatibility_level = 3.6
+queue_directory = /zdata/imap/staff/.postfix
+data_directory = /var/lib/postfix/staff
+syslog_name = postfix-staff
+maillog_file = /var/log/postfix-staff.log
+myhostname = staff-$h.lab
+mydomain = lab
+myorigin = \$myhostname
+mydestination =
+inet_interfaces = all
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8 10.77.0.0/24
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+append_dot_mydomain = no
+readme_directory = no
+smtputf8_enable = no
+enable_long_queue_ids = yes
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+lmtp_host_lookup = native
+smtpd_peername_lookup = no
+smtp_connect_timeout = 5s
+lmtp_connect_timeout = 5s
+smtpd_banner = \$myhostname ESMTP
+queue_run_delay = 15s
+minimal_backoff_time = 15s
+maximal_backoff_time = 60s
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+virtual_mailbox_domains = staff.lab
+virtual_transport = lmtp:inet:127.0.0.1:24
+smtpd_reject_unlisted_recipient = no
+transport_maps = inline:{archive.lab=smtp:[10.77.0.13]}
+EOF
 }
 
 write_dovecot_conf() {
@@ -381,12 +434,16 @@ make_host() {
   rm -f "$d/etc-postfix/main.cf" "$d/etc-postfix/master.cf" "$d/etc-postfix/sasl/"* 2>/dev/null || true
   write_postfix_master "$d/etc-postfix"
   write_postfix_main "$h" "$d/etc-postfix"
+  if is_node "$h"; then
+    write_postfix_staff "$h" "$d/etc-postfix"
+    mkdir -p "$d/lib-postfix/staff"
+  fi
   write_dovecot_conf "$d/etc-dovecot"
   write_dovecot_drill_conf "$d/etc-dovecot"
   mkdir -p "$d/lib-dovecot/drill"
   write_ssh_conf "$h" "$d/etc-ssh"
   chmod 700 "$d/lib-dovecot"
-  chown postfix:postfix "$d/lib-postfix"
+  chown -R postfix:postfix "$d/lib-postfix"
 
   # network
   ip netns add "sk-$h"

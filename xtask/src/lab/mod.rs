@@ -109,6 +109,15 @@ impl Instance {
         }
     }
 
+    /// Where the instance's MTA listens: students is served by the node's Postfix (port 25),
+    /// staff by its own Postfix instance (port 2525, `mail: { in: runtime }`).
+    pub fn smtp_port(self) -> u16 {
+        match self {
+            Instance::Students => 25,
+            Instance::Staff => 2525,
+        }
+    }
+
     pub fn domain(self) -> &'static str {
         match self {
             Instance::Students => "students.lab",

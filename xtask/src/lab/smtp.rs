@@ -240,9 +240,13 @@ pub fn send(opts: &SendOptions, out: &mut dyn Write) -> Result<Vec<String>> {
             "--rate must be a positive number, not {rate}"
         )));
     }
-    let addr: SocketAddr = format!("{}:25", opts.instance.service_addr())
-        .parse()
-        .map_err(|e| Error::new(format!("bad service address: {e}")))?;
+    let addr: SocketAddr = format!(
+        "{}:{}",
+        opts.instance.service_addr(),
+        opts.instance.smtp_port()
+    )
+    .parse()
+    .map_err(|e| Error::new(format!("bad service address: {e}")))?;
     let start = Instant::now();
     let mut session: Option<Session> = None;
     let mut accepted = Vec::with_capacity(opts.count as usize);
