@@ -61,12 +61,18 @@ fn held() -> usize {
         .count()
 }
 
-/// Deliveries of USER still queued in staff's own Postfix on `node`.
-fn queued_on(node: &str) -> usize {
+/// Queue ids of USER's deliveries still queued in staff's own Postfix on `node`.
+fn queued_on(node: &str) -> Vec<String> {
     exec_ok(node, &["postqueue", "-c", OWN, "-j"])
         .lines()
-        .filter(|l| l.contains(USER))
-        .count()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["recipients"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["address"] == USER))
+        })
+        .filter_map(|v| v["queue_id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn runs_on(node: &str) -> bool {
@@ -115,13 +121,11 @@ fn an_instance_with_its_own_postfix_is_archived_and_fails_over_with_its_queue() 
     );
     exec_ok("node-a", &["postfix", "-c", OWN, "reload"]);
     let queued: BTreeSet<String> = send("staff", USER, 6).into_iter().collect();
-    assert!(
-        eventually(Duration::from_secs(30), || (queued_on("node-a") >= 6)
-            .then_some(()))
-        .is_some(),
-        "{} queued on node-a",
-        queued_on("node-a")
-    );
+    let files = eventually(Duration::from_secs(30), || {
+        let q = queued_on("node-a");
+        (q.len() >= 6).then_some(q)
+    })
+    .unwrap_or_else(|| panic!("queued on node-a: {:?}", queued_on("node-a")));
     accepted.extend(queued);
     let every_second = spec(dir.path(), "node-a", "1s");
     sk_expect(st, &every_second, &["apply"], 0); // snapshot + replication of the queue files
@@ -133,6 +137,16 @@ fn an_instance_with_its_own_postfix_is_archived_and_fails_over_with_its_queue() 
     assert_eq!(fo.code, Some(0), "failover: {fo}");
     assert!(runs_on("node-b"));
     exactly_once("staff", USER, &accepted, Duration::from_secs(120));
+    // the queue files came with the replica: node-b's own Postfix delivered them under the
+    // queue ids node-a gave them (nothing replayed in their place)
+    let log = exec_ok("node-b", &["cat", "/var/log/postfix-staff.log"]);
+    for id in &files {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{id}: to=<{USER}>")) && l.contains("status=sent")),
+            "queue file {id} was not delivered on node-b:\n{log}"
+        );
+    }
 
     // 4. node-a returns: resynced from node-b, its own Postfix does not run there
     lab_ok(&["boot", "node-a"]);

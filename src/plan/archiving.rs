@@ -33,6 +33,7 @@ impl Planner<'_> {
                     archive_ready = self.postfix_config(
                         Target::Archive,
                         None,
+                        true,
                         pf,
                         crate::decide::archive::HOLD_MAP_FILE,
                         &path,
@@ -105,9 +106,19 @@ impl Planner<'_> {
                             None => "every message a spool accepts is BCC'd to the archive host (PDMA = 0)".to_owned(),
                             Some(i) => format!("every message {i}'s own Postfix accepts is BCC'd to the archive host (PDMA = 0)"),
                         };
+                        // an instance's own Postfix runs only where the instance does: elsewhere
+                        // it reads the new configuration when it starts, nothing to reload
+                        let running = match &mail {
+                            None => true,
+                            Some(i) => a_obs
+                                .instances
+                                .get(i)
+                                .is_some_and(|s| s.state == crate::model::RunState::Running),
+                        };
                         let ids = self.postfix_config(
                             Target::Node(active.to_string()),
                             mail.clone(),
+                            running,
                             pf,
                             crate::decide::archive::BCC_MAP_FILE,
                             &path,
@@ -139,6 +150,7 @@ impl Planner<'_> {
         &mut self,
         host: Target,
         mail: Option<String>,
+        running: bool,
         pf: &crate::model::PostfixObservation,
         file: &str,
         path: &str,
@@ -175,13 +187,13 @@ impl Planner<'_> {
             .filter(|(k, v)| pf.settings.get(*k).map(|s| s.trim()) != Some(v.trim()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if table_changed || !drift.is_empty() {
+        if (table_changed && running) || !drift.is_empty() {
             let id = self.plan.add(
                 Action::new(
                     host,
                     ActionKind::Postconf {
                         settings: drift.clone(),
-                        reload: true,
+                        reload: running,
                     },
                     if drift.is_empty() {
                         format!("{why}: Postfix must read the new {file}")

@@ -1745,9 +1745,12 @@ fn a_jailed_instance_with_its_own_postfix_gets_its_bcc_through_jexec_before_it_s
             assert_eq!(&argv[..2], ["jexec", "imap-students"], "{id}: {argv:?}");
         }
     }
+    // the jail is stopped: its Postfix reads the configuration when it starts, no reload
+    let conf_cmds = commands_of(&s, &p, conf);
+    assert_eq!(conf_cmds.len(), 1, "{conf_cmds:?}");
     assert_eq!(
-        commands_of(&s, &p, conf).last().unwrap(),
-        &["jexec", "imap-students", "postfix", "reload"]
+        &conf_cmds[0][..4],
+        ["jexec", "imap-students", "postconf", "-e"]
     );
     let content = |id: &str| match p
         .actions()
