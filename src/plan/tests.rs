@@ -1825,3 +1825,108 @@ fn a_promoted_multi_instance_postfix_drops_its_own_queued_deliveries_with_its_co
     );
     assert!(p.check(&s).is_empty(), "{t}");
 }
+
+/// [`arb_case`] with an archive host and students' mail in its jail (its own Postfix), every
+/// reachable node's Postfix observed, and the jail's own Postfix on some of them, queueing
+/// deliveries of students.
+fn arb_own_mail_case() -> impl Strategy<Value = (Spec, Observation)> {
+    (
+        arb_case(),
+        prop::collection::vec((any::<bool>(), 0usize..3), 3),
+    )
+        .prop_map(|((s, mut o), own)| {
+            let mut text = SPEC
+                .replace("active: node-a", &format!("active: {}", s.spec.active))
+                .replace(
+                    "      domains: [students.lab]\n",
+                    "      domains: [students.lab]\n      mail: { in: runtime }\n",
+                );
+            if !s.spec.fenced.is_empty() {
+                let f: Vec<String> = s.spec.fenced.iter().map(|n| n.to_string()).collect();
+                text.push_str(&format!("  fenced: [{}]\n", f.join(", ")));
+            }
+            text.push_str(
+                "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+            );
+            let spec = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+            for ((_, n), (seen, queued)) in o.nodes.iter_mut().zip(own) {
+                if !n.reachability.is_reachable() {
+                    continue;
+                }
+                n.postfix = Some(own_postfix("/etc/postfix", Vec::new()));
+                if seen {
+                    let queue = (0..queued)
+                        .map(|k| crate::model::QueueEntry {
+                            queue_name: "deferred".into(),
+                            queue_id: format!("Q{k}"),
+                            arrival_time: now(),
+                            message_size: 1,
+                            forced_expire: false,
+                            sender: "s@x.org".into(),
+                            recipients: vec![crate::model::QueueRecipient {
+                                address: format!("u{k}@students.lab"),
+                                delay_reason: None,
+                            }],
+                        })
+                        .collect();
+                    n.instance_postfix.insert(
+                        "students".into(),
+                        own_postfix("/usr/jails/students/etc/postfix", queue),
+                    );
+                }
+            }
+            (spec, o)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// With an instance on its own Postfix: the plan's invariants hold (per mail system
+    /// objects), every command of that Postfix runs through the jail, no other one does, and
+    /// nothing of the node's Postfix ever touches the instance's queue.
+    #[test]
+    fn own_mail_systems_keep_the_invariants_and_their_commands((spec, o) in arb_own_mail_case()) {
+        let p = plan(&spec, &o, now(), &converged_ctx());
+        prop_assert!(p.order().is_ok());
+        prop_assert!(p.check(&spec).is_empty(), "{:?}\n{}", p.check(&spec), render::text(&p, None));
+        let invariant = p.blocked.iter().any(|b| matches!(b, Blocked::Invariant { .. }));
+        prop_assert!(!invariant, "{:?}", p.blocked);
+        for a in p.actions() {
+            let cmds = crate::adapters::dispatch::commands(&spec, a).unwrap();
+            match a.mail.as_deref() {
+                Some(m) => {
+                    prop_assert_eq!(m, "students");
+                    for c in &cmds {
+                        prop_assert_eq!(&c[..2], ["jexec", "imap-students"], "{}", a.id);
+                    }
+                }
+                None => {
+                    for c in &cmds {
+                        prop_assert!(c[0] != "jexec", "{} runs in a jail without a mail system", a.id);
+                    }
+                }
+            }
+            // students' queued deliveries are dropped only from students' own Postfix
+            if let ActionKind::DropQueued { instance, .. } = &a.kind {
+                prop_assert_eq!(a.mail.as_deref(), (instance == "students").then_some("students"));
+            }
+        }
+        // and the promised effects, on the right Postfix, converge
+        if !p.is_blocked() {
+            let mut after = o.clone();
+            let mut ctx = converged_ctx();
+            for a in p.actions() {
+                effect::apply(&mut after, a);
+                ctx.learn(a);
+            }
+            let again = plan(&spec, &after, now(), &ctx);
+            let left: Vec<&Action> = again
+                .actions()
+                .into_iter()
+                .filter(|a| a.mail.is_some() || matches!(a.kind, ActionKind::WriteFile { .. } | ActionKind::Postconf { .. }))
+                .collect();
+            prop_assert!(left.is_empty(), "mail steps left:\n{}\nthen:\n{}", render::text(&p, None), render::text(&again, None));
+        }
+    }
+}
