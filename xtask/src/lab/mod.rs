@@ -288,12 +288,23 @@ mod tests {
             .collect();
         for i in [Instance::Students, Instance::Staff] {
             let line = format!(
-                "{}) addr={}; domain={} ;;",
+                "{}) addr={}; domain={}; own_pf={} ;;",
                 i.name(),
                 i.service_addr(),
-                i.domain()
+                i.domain(),
+                if i.smtp_port() == 25 {
+                    ""
+                } else {
+                    "/etc/postfix/staff"
+                }
             );
             assert!(normalized.contains(&line), "sk-instance.sh lacks `{line}`");
         }
+        // the own Postfix of staff listens where `lab send` goes
+        let port = Instance::Staff.smtp_port();
+        assert!(
+            SK_LAB_SCRIPT.contains(&format!("s/^smtp      inet /{port}      inet /")),
+            "sk-lab.sh: staff's Postfix does not listen on {port}"
+        );
     }
 }
