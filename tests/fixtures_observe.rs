@@ -94,17 +94,17 @@ fn postqueue_hold_deferred_active() {
     let queues: Vec<_> = q.iter().map(|e| e.queue_name.as_str()).collect();
     assert_eq!(queues, ["active", "deferred", "hold"]);
     let hold = &q[2];
-    assert_eq!(hold.sender, "alice@students.lab");
+    assert_eq!(hold.sender, "alice@students.lab".into());
     assert_eq!(hold.recipients.len(), 2);
     assert_eq!(
         hold.recipients[0].address,
-        "bob=students.lab@archive.invalid"
+        "bob=students.lab@archive.invalid".into()
     );
     assert_eq!(
         q[1].recipients[0].delay_reason.as_deref(),
         Some("connect to 127.0.0.1[127.0.0.1]:2: Connection refused")
     );
-    assert_eq!(q[0].sender, "MAILER-DAEMON");
+    assert_eq!(q[0].sender, "MAILER-DAEMON".into());
     assert!(!q[0].forced_expire);
     assert_eq!(q[0].arrival_time.as_second(), 1795890359);
     let obs = spoolkeeper::model::PostfixObservation {

@@ -114,8 +114,8 @@ fn held_for(user: &str) -> BTreeMap<String, usize> {
             .and_then(|a| a.postfix.as_ref())
             .map(|p| {
                 p.held()
-                    .filter(|e| e.recipients.iter().any(|r| r.address == archived))
-                    .map(|e| e.queue_id.clone())
+                    .filter(|e| e.recipients.iter().any(|r| *r.address == *archived))
+                    .map(|e| e.queue_id.to_string())
                     .collect()
             })
             .unwrap_or_default();

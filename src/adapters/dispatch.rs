@@ -227,7 +227,7 @@ pub fn stdin_of(a: &Action) -> Result<Option<Vec<u8>>, String> {
         ActionKind::WriteFile { content, .. } => Some(content.as_bytes().to_vec()),
         ActionKind::PurgeArchive { queue_ids, .. } | ActionKind::DropQueued { queue_ids, .. } => {
             Some(
-                postfix_cmd::postsuper_stdin(queue_ids.iter().map(String::as_str))
+                postfix_cmd::postsuper_stdin(queue_ids.iter().map(|q| q.as_str()))
                     .map_err(|e| e.to_string())?,
             )
         }

@@ -1,11 +1,13 @@
 //! Postfix adapter: argv builders and parsers for `postconf` and `postqueue -j`. Pure.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::model::{PostfixCapabilities, QueueEntry, QueueRecipient};
+use crate::model::{PostfixCapabilities, QueueEntry, QueueId, QueueName, QueueRecipient};
 
 /// `postconf name…` (not `-h`: `-h` silently drops unknown names, which misaligns values).
 pub fn postconf_argv(names: &[String]) -> Vec<String> {
@@ -100,23 +102,27 @@ pub fn detect_capabilities(mail_version_out: &str) -> Option<PostfixCapabilities
 }
 
 #[derive(Deserialize)]
-struct RawEntry {
-    queue_name: String,
-    queue_id: String,
+struct RawEntry<'a> {
+    #[serde(borrow)]
+    queue_name: Cow<'a, str>,
+    #[serde(borrow)]
+    queue_id: Cow<'a, str>,
     arrival_time: i64,
     message_size: u64,
     #[serde(default)]
     forced_expire: bool,
-    sender: String,
-    #[serde(default)]
-    recipients: Vec<RawRecipient>,
+    #[serde(borrow)]
+    sender: Cow<'a, str>,
+    #[serde(default, borrow)]
+    recipients: Vec<RawRecipient<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawRecipient {
-    address: String,
-    #[serde(default)]
-    delay_reason: Option<String>,
+struct RawRecipient<'a> {
+    #[serde(borrow)]
+    address: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delay_reason: Option<Cow<'a, str>>,
 }
 
 /// A `postqueue -j` line that could not be read.
@@ -129,35 +135,77 @@ pub struct QueueParseError {
     pub reason: String,
 }
 
-/// Parse `postqueue -j` (one JSON object per line; unknown keys ignored).
-pub fn parse_postqueue(out: &str) -> Result<Vec<QueueEntry>, QueueParseError> {
-    let mut v = Vec::new();
-    for (i, l) in out.lines().enumerate() {
-        if l.trim().is_empty() {
-            continue;
+/// Reads `postqueue -j` one line at a time, as it streams in, into compact entries: each
+/// distinct sender, address, delay reason and recipient list is stored once and shared
+/// (a million held copies for forty thousand mailboxes hold forty thousand addresses, not a
+/// million), and a line's text is dropped as soon as it is read.
+#[derive(Debug, Default)]
+pub struct QueueReader {
+    strings: HashSet<Arc<str>>,
+    lists: HashSet<Arc<[QueueRecipient]>>,
+    line: usize,
+}
+
+impl QueueReader {
+    /// A reader with nothing interned yet.
+    pub fn new() -> QueueReader {
+        QueueReader::default()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return Arc::clone(a);
         }
-        let e = |reason: String| QueueParseError {
-            line: i + 1,
-            reason,
-        };
-        let r: RawEntry = serde_json::from_str(l).map_err(|x| e(x.to_string()))?;
+        let a: Arc<str> = s.into();
+        self.strings.insert(Arc::clone(&a));
+        a
+    }
+
+    /// The next line: `Ok(None)` for a blank one, the entry otherwise; the error names the
+    /// line (counted over every line given to this reader).
+    pub fn line(&mut self, l: &str) -> Result<Option<QueueEntry>, QueueParseError> {
+        self.line += 1;
+        if l.trim().is_empty() {
+            return Ok(None);
+        }
+        let line = self.line;
+        let e = |reason: String| QueueParseError { line, reason };
+        let r: RawEntry<'_> = serde_json::from_str(l).map_err(|x| e(x.to_string()))?;
         let arrival_time = Timestamp::from_second(r.arrival_time).map_err(|x| e(x.to_string()))?;
-        v.push(QueueEntry {
-            queue_name: r.queue_name,
-            queue_id: r.queue_id,
+        let recipients: Vec<QueueRecipient> = r
+            .recipients
+            .iter()
+            .map(|x| QueueRecipient {
+                address: self.intern(&x.address),
+                delay_reason: x.delay_reason.as_deref().map(|d| self.intern(d)),
+            })
+            .collect();
+        let recipients = match self.lists.get(recipients.as_slice()) {
+            Some(l) => Arc::clone(l),
+            None => {
+                let l: Arc<[QueueRecipient]> = recipients.into();
+                self.lists.insert(Arc::clone(&l));
+                l
+            }
+        };
+        Ok(Some(QueueEntry {
+            queue_name: QueueName::from(r.queue_name.as_ref()),
+            queue_id: QueueId::from(r.queue_id.as_ref()),
             arrival_time,
             message_size: r.message_size,
             forced_expire: r.forced_expire,
-            sender: r.sender,
-            recipients: r
-                .recipients
-                .into_iter()
-                .map(|r| QueueRecipient {
-                    address: r.address,
-                    delay_reason: r.delay_reason,
-                })
-                .collect(),
-        });
+            sender: self.intern(&r.sender),
+            recipients,
+        }))
+    }
+}
+
+/// Parse `postqueue -j` (one JSON object per line; unknown keys ignored).
+pub fn parse_postqueue(out: &str) -> Result<Vec<QueueEntry>, QueueParseError> {
+    let mut r = QueueReader::new();
+    let mut v = Vec::new();
+    for l in out.lines() {
+        v.extend(r.line(l)?);
     }
     Ok(v)
 }
@@ -183,9 +231,47 @@ mod tests {
     fn unknown_keys_are_ignored_and_bad_lines_reported() {
         let l = r#"{"queue_name":"hold","queue_id":"X","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"c@d","new_key":1}],"future":true}"#;
         let q = parse_postqueue(l).unwrap();
-        assert_eq!(q[0].recipients[0].address, "c@d");
+        assert_eq!(&*q[0].recipients[0].address, "c@d");
         let err = parse_postqueue(&format!("{l}\nnot json\n")).unwrap_err();
         assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn a_streamed_listing_shares_its_strings_and_stays_small() {
+        let line = |id: &str, to: &str| {
+            format!(
+                r#"{{"queue_name":"hold","queue_id":"{id}","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{{"address":"{to}"}}]}}"#
+            )
+        };
+        let mut r = QueueReader::new();
+        let a = r.line(&line("4Fq1", "u1=s.lab@arch")).unwrap().unwrap();
+        assert_eq!(r.line("").unwrap(), None);
+        let b = r.line(&line("4Fq2", "u1=s.lab@arch")).unwrap().unwrap();
+        let c = r.line(&line("4Fq3", "u2=s.lab@arch")).unwrap().unwrap();
+        // one recipient list and one sender for both copies of the same mailbox
+        assert!(Arc::ptr_eq(&a.recipients, &b.recipients));
+        assert!(Arc::ptr_eq(&a.sender, &c.sender));
+        assert!(!Arc::ptr_eq(&a.recipients, &c.recipients));
+        assert_eq!(
+            (a.queue_name.as_str(), b.queue_id.as_str()),
+            ("hold", "4Fq2")
+        );
+        // a long queue id stays inline: no allocation per entry
+        let long = r
+            .line(&line("4Fc1Xb3Qz9zN5bTq", "u1=s.lab@arch"))
+            .unwrap()
+            .unwrap();
+        assert!(!long.queue_id.is_heap_allocated());
+        assert!(std::mem::size_of::<QueueEntry>() <= 112);
+        // the line of an error counts every line given, blank ones too
+        assert_eq!(r.line("{").unwrap_err().line, 6);
+        // escapes are read (a borrowed string cannot hold them)
+        let esc = r
+            .line(&line("4Fq\\u0041", "u\\\"1\\\"@x"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(esc.queue_id.as_str(), "4FqA");
+        assert_eq!(&*esc.recipients[0].address, "u\"1\"@x");
     }
 
     #[test]

@@ -140,8 +140,8 @@ async fn spool_state(
                 queued_ids.push((*e, b.push(mail::wrap(place, a))));
             }
             Err(err) => {
-                for r in &e.recipients {
-                    broken.insert(r.address.clone(), err.to_string());
+                for r in e.recipients.iter() {
+                    broken.insert(r.address.to_string(), err.to_string());
                 }
             }
         }
@@ -186,8 +186,8 @@ async fn spool_state(
                         o.stderr_text().trim()
                     ),
                 };
-                for r in &e.recipients {
-                    broken.insert(r.address.clone(), why.clone());
+                for r in e.recipients.iter() {
+                    broken.insert(r.address.to_string(), why.clone());
                 }
             }
         }

@@ -522,11 +522,18 @@ fn controller(opts: crate::controller::Options) -> u8 {
 }
 
 fn observe(file: &std::path::Path, output: Output) -> u8 {
+    /// One cluster's observation as printed; serialized straight to stdout (an archive of a
+    /// million held copies is never built as a JSON tree in memory).
+    #[derive(serde::Serialize)]
+    struct Observed<'a> {
+        cluster: &'a str,
+        observation: crate::model::Observation,
+    }
     let Some(specs) = load_or_report(file) else {
         return 1;
     };
     let Some(rt) = runtime() else { return 1 };
-    rt.block_on(async {
+    let all = rt.block_on(async {
         let mut all = Vec::new();
         for s in &specs {
             let conns = crate::observe::connect(s).await;
@@ -534,21 +541,31 @@ fn observe(file: &std::path::Path, output: Output) -> u8 {
             tracing::info!(cluster = %s.name, round_trips = ?conns.trips.snapshot(), "observed");
             match output {
                 Output::Text => print!("{}", crate::observe::text(s, &o)),
-                Output::Json => all.push(serde_json::json!({
-                    "cluster": s.name.as_str(),
-                    "observation": o,
-                })),
+                Output::Json => all.push(Observed {
+                    cluster: s.name.as_str(),
+                    observation: o,
+                }),
             }
         }
-        if output == Output::Json {
-            let v = if all.len() == 1 {
-                all.remove(0)
-            } else {
-                serde_json::Value::Array(all)
-            };
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
+        all
     });
+    if output == Output::Json {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = if all.len() == 1 {
+            serde_json::to_writer_pretty(&mut out, &all[0])
+        } else {
+            serde_json::to_writer_pretty(&mut out, &all)
+        };
+        if let Err(e) = written
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush())
+        {
+            eprintln!("cannot write the observation: {e}");
+            return 1;
+        }
+    }
     0
 }
 

@@ -42,7 +42,7 @@ use std::fmt;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::model::{QueueEntry, Snapshot};
+use crate::model::{QueueEntry, QueueId, Snapshot};
 use crate::spec::AddressTemplate;
 
 /// A setting or table that cannot be generated.
@@ -457,11 +457,9 @@ pub fn watermark_with(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Purge {
     /// Queue id on the archive host.
-    pub queue_id: String,
+    pub queue_id: QueueId,
     /// Arrival on the archive host, controller clock.
     pub arrival: Timestamp,
-    /// The sentence for the plan.
-    pub reason: String,
 }
 
 /// How an original recipient decodes for an instance.
@@ -485,9 +483,9 @@ fn domain_set(domains: &[String]) -> BTreeSet<String> {
 /// of the instance's domains, and arrived (corrected) before `watermark.at - margin`. A message
 /// that also holds recipients of other instances or foreign addresses is kept: it is purged by
 /// the run whose watermark covers all of them (never deleted on a partial proof).
-pub fn purge_set(
+pub fn purge_set<'a>(
     watermark: &Watermark,
-    held: &[QueueEntry],
+    held: impl IntoIterator<Item = &'a QueueEntry>,
     domains: &[String],
     template: &AddressTemplate,
 ) -> Vec<Purge> {
@@ -496,7 +494,7 @@ pub fn purge_set(
         return Vec::new();
     };
     let mut out: Vec<Purge> = held
-        .iter()
+        .into_iter()
         .filter(|e| e.queue_name == "hold")
         .filter(|e| {
             !e.recipients.is_empty()
@@ -508,17 +506,13 @@ pub fn purge_set(
             let arrival = correct(e.arrival_time, watermark.archive_offset_ms);
             // the latest the copy may really have arrived
             let latest = arrival
-                .checked_add(SignedDuration::from_millis(watermark.archive_uncertainty_ms))
+                .checked_add(SignedDuration::from_millis(
+                    watermark.archive_uncertainty_ms,
+                ))
                 .unwrap_or(arrival);
             (latest < cut).then(|| Purge {
                 queue_id: e.queue_id.clone(),
                 arrival,
-                reason: format!(
-                    "held copy {} arrived {arrival}, before {cut} (watermark of snapshot {} minus margin {}s): the replica holds it",
-                    e.queue_id,
-                    watermark.snapshot,
-                    watermark.margin.as_secs()
-                ),
             })
         })
         .collect();
@@ -557,7 +551,7 @@ pub fn join_held(
         .filter_map(|e| {
             let m = by_id.get(e.queue_id.as_str())?;
             Some(HeldCopy {
-                queue_id: e.queue_id.clone(),
+                queue_id: e.queue_id.to_string(),
                 arrival_time: e.arrival_time,
                 sender: m.sender.clone(),
                 recipients: m.recipients.clone(),
@@ -760,13 +754,7 @@ mod tests {
             message_size: 1,
             forced_expire: false,
             sender: "a@b.c".into(),
-            recipients: rcpts
-                .iter()
-                .map(|r| QueueRecipient {
-                    address: r.to_string(),
-                    delay_reason: None,
-                })
-                .collect(),
+            recipients: rcpts.iter().map(|r| QueueRecipient::to(r)).collect(),
         }
     }
     const M10: SignedDuration = SignedDuration::from_secs(600);
@@ -967,7 +955,6 @@ mod tests {
         let p = purge_set(&w, &all, &["students.lab".into()], &tpl());
         let ids: Vec<&str> = p.iter().map(|p| p.queue_id.as_str()).collect();
         assert_eq!(ids, ["OLD1", "UPPER", "EDGE"]);
-        assert!(p[2].reason.contains("sk_x"));
     }
 
     fn copy(id: &str, at: i64, mid: Option<&str>, rcpts: &[&str]) -> HeldCopy {
@@ -1099,7 +1086,7 @@ mod tests {
                 .map(|(i, a)| entry(&format!("Q{i}"), *a, &["a=students.lab@archive.lab"])).collect();
             let copies: Vec<HeldCopy> = arrivals.iter().enumerate()
                 .map(|(i, a)| copy(&format!("Q{i}"), *a, Some(&format!("<{i}@x>")), &["a=students.lab@archive.lab"])).collect();
-            let purged: BTreeSet<String> = purge_set(&w, &entries, &["students.lab".into()], &tpl()).into_iter().map(|p| p.queue_id).collect();
+            let purged: BTreeSet<String> = purge_set(&w, &entries, &["students.lab".into()], &tpl()).into_iter().map(|p| p.queue_id.to_string()).collect();
             let none = BTreeSet::new();
             let replayed: BTreeSet<String> = restore_set(Some(&w), Some(off), &copies, &["students.lab".into()], &tpl(), &none, &none)
                 .replay.into_iter().map(|r| r.queue_id).collect();

@@ -834,14 +834,8 @@ pub(crate) mod tests {
             arrival_time: ts(0),
             message_size: 1,
             forced_expire: false,
-            sender: String::new(),
-            recipients: r
-                .iter()
-                .map(|a| QueueRecipient {
-                    address: a.to_string(),
-                    delay_reason: None,
-                })
-                .collect(),
+            sender: "".into(),
+            recipients: r.iter().map(|a| QueueRecipient::to(a)).collect(),
         };
         let all = [
             e("A", "hold", &["x=students.lab@archive.lab"]),
@@ -1004,14 +998,8 @@ pub(crate) mod tests {
             arrival_time: ts(0),
             message_size: 1,
             forced_expire: false,
-            sender: String::new(),
-            recipients: rcpts
-                .iter()
-                .map(|a| QueueRecipient {
-                    address: a.to_string(),
-                    delay_reason: None,
-                })
-                .collect(),
+            sender: "".into(),
+            recipients: rcpts.iter().map(|a| QueueRecipient::to(a)).collect(),
         };
         let queue = [
             q("A", &["x@Students.lab"]),

@@ -453,6 +453,37 @@ fn read_postfix(conf: &Output, queue: Queue<'_>, errors: &mut Vec<String>) -> Po
     p
 }
 
+/// `postqueue -j`, streamed: each line is read into a compact entry as it arrives
+/// ([`postfix::QueueReader`]); the error says what an operator sees in the observation.
+async fn stream_queue(h: &Host) -> Result<Vec<crate::model::QueueEntry>, String> {
+    let mut reader = postfix::QueueReader::new();
+    let mut queue = Vec::new();
+    let mut bad = None;
+    let out = h
+        .stream_lines(&postfix::postqueue_argv(), |l| {
+            if bad.is_none() {
+                match reader.line(l) {
+                    Ok(e) => queue.extend(e),
+                    Err(e) => bad = Some(e),
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("postqueue -j: {e}"))?;
+    if !out.success() {
+        return Err(format!(
+            "postqueue -j exited {:?}: {}",
+            out.status,
+            out.stderr_text().trim()
+        ));
+    }
+    if let Some(e) = bad {
+        return Err(e.to_string());
+    }
+    queue.shrink_to_fit();
+    Ok(queue)
+}
+
 /// Observe the archive host: clock, Postfix settings and queue.
 pub async fn observe_archive(h: &Host) -> ArchiveObservation {
     let unreachable_archive = |e: &HostError| {
@@ -478,12 +509,19 @@ pub async fn observe_archive(h: &Host) -> ArchiveObservation {
                 .collect();
             let mut b = Batch::new();
             let conf = b.push(postfix::postconf_argv(&names));
-            let queue = b.push(postfix::postqueue_argv());
             let table = b.push(postfix::cat_table_argv(HOLD_MAP_FILE));
-            match h.run_slots(&b).await {
+            // the hold queue is the archive of every spool: streamed and read line by line
+            // beside the batch, never held whole (a day of a large site is a million copies)
+            let (settings, listing) = tokio::join!(h.run_slots(&b), stream_queue(h));
+            match settings {
                 Ok(o) => o.get(conf).map(|c| {
-                    let listed = o.get(queue).map_or(Queue::Missing, Queue::Listed);
-                    let mut p = read_postfix(c, listed, &mut errors);
+                    let mut p = read_postfix(c, Queue::NotAsked, &mut errors);
+                    if c.success() {
+                        match listing {
+                            Ok(q) => p.queue = q,
+                            Err(e) => errors.push(e),
+                        }
+                    }
                     if let Some(f) = o.get(table).filter(|o| o.success()) {
                         p.files.insert(HOLD_MAP_FILE.into(), f.stdout_text());
                     }

@@ -157,7 +157,7 @@ pub enum ActionKind {
     /// longer serves; delivering them later would duplicate them): `postsuper -d -`.
     DropQueued {
         instance: String,
-        queue_ids: Vec<String>,
+        queue_ids: Vec<crate::model::QueueId>,
     },
     /// `postqueue -f`: a returning node hands its queued archive copies to the archive host.
     FlushQueue,
@@ -165,7 +165,7 @@ pub enum ActionKind {
     /// copies proven to be in the replica (before the watermark minus the margin).
     PurgeArchive {
         instance: String,
-        queue_ids: Vec<String>,
+        queue_ids: Vec<crate::model::QueueId>,
         watermark: String,
     },
     /// Send `source_dataset@to` (incrementally from `base` with `-I` when given) from node

@@ -232,8 +232,7 @@ impl Planner<'_> {
             return;
         };
         let Some(pf) = &a.postfix else { return };
-        let held: Vec<crate::model::QueueEntry> = pf.held().cloned().collect();
-        if held.is_empty() {
+        if pf.held().next().is_none() {
             return;
         }
         let margin = arch.margin.as_signed();
@@ -284,32 +283,62 @@ impl Planner<'_> {
             ) {
                 Err(refusal) => self.plan.note(format!("{name}: {refusal}")),
                 Ok(w) => {
-                    let purge =
-                        crate::decide::archive::purge_set(&w, &held, &inst.domains, &arch.address);
+                    let purge = crate::decide::archive::purge_set(
+                        &w,
+                        pf.held(),
+                        &inst.domains,
+                        &arch.address,
+                    );
                     if purge.is_empty() {
                         continue;
                     }
-                    let id = self.plan.add(Action::new(
-                        Target::Archive,
-                        ActionKind::PurgeArchive {
-                            instance: name.to_string(),
-                            queue_ids: purge.iter().map(|p| p.queue_id.clone()).collect(),
-                            watermark: format!("watermark {} from {}", w.at, w.snapshot),
-                        },
-                        format!(
-                            "{} held copie(s) arrived before the watermark minus the margin: {}",
-                            purge.len(),
-                            w.explain
-                        ),
-                    ));
-                    for r in replicas.iter().filter_map(|r| r.after) {
-                        self.plan.edge(r, id);
+                    // in batches, one after the other: each `postsuper -d -` is bounded by
+                    // the command timeout, and an interrupted purge has done whole batches
+                    let batches = purge.len().div_ceil(PURGE_BATCH);
+                    let mut previous = None;
+                    for (k, batch) in purge.chunks(PURGE_BATCH).enumerate() {
+                        let mut action = Action::new(
+                            Target::Archive,
+                            ActionKind::PurgeArchive {
+                                instance: name.to_string(),
+                                queue_ids: batch.iter().map(|p| p.queue_id.clone()).collect(),
+                                watermark: format!("watermark {} from {}", w.at, w.snapshot),
+                            },
+                            if batches == 1 {
+                                format!(
+                                    "{} held copie(s) arrived before the watermark minus the margin: {}",
+                                    purge.len(),
+                                    w.explain
+                                )
+                            } else {
+                                format!(
+                                    "batch {} of {batches} of the {} held copie(s) that arrived before the watermark minus the margin: {}",
+                                    k + 1,
+                                    purge.len(),
+                                    w.explain
+                                )
+                            },
+                        );
+                        if k > 0 {
+                            action.id = format!("{}#{}", action.id, k + 1);
+                        }
+                        let id = self.plan.add(action);
+                        for r in replicas.iter().filter_map(|r| r.after) {
+                            self.plan.edge(r, id);
+                        }
+                        if let Some(p) = previous {
+                            self.plan.edge(p, id);
+                        }
+                        previous = Some(id);
                     }
                 }
             }
         }
     }
 }
+
+/// Held copies deleted by one `postsuper -d -` of a purge.
+pub const PURGE_BATCH: usize = 50_000;
 
 #[allow(dead_code)]
 fn _unused(_: Blocked) {}

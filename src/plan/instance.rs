@@ -497,7 +497,7 @@ impl Planner<'_> {
         // hand): never delivered into this one (the mail may already be in it, replayed); they
         // are deleted, and the replay owed covers every held copy instead of the newest
         // snapshot's window, recorded before they are.
-        let queued: Vec<String> = self
+        let queued: Vec<crate::model::QueueId> = self
             .postfix_for(active, name)
             .filter(|_| self.spec.spec.archive.is_some())
             .map(|p| {

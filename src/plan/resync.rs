@@ -221,7 +221,7 @@ impl Planner<'_> {
     pub(super) fn local_deliveries(
         queue: &[crate::model::QueueEntry],
         inst: &Instance,
-    ) -> Vec<String> {
+    ) -> Vec<crate::model::QueueId> {
         let at = |addr: &str, domain: &str| {
             addr.rsplit_once('@')
                 .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))

@@ -249,7 +249,7 @@ impl Planner<'_> {
         // other copy since). They are deleted before its copy is writable, and the replay
         // owed then covers every held copy, deduplicated against the mailbox, as in a
         // failover (`failover_steps`).
-        let queued: Vec<String> = self
+        let queued: Vec<crate::model::QueueId> = self
             .postfix_for(active, name)
             .filter(|_| spec.spec.archive.is_some())
             .map(|p| Self::local_deliveries(&p.queue, inst))

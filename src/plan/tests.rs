@@ -1379,10 +1379,7 @@ fn deliveries_queued_on_a_promoted_replica_are_replaced_by_a_replay_of_every_hel
         message_size: 1,
         forced_expire: false,
         sender: "s@x.org".into(),
-        recipients: vec![crate::model::QueueRecipient {
-            address: rcpt.into(),
-            delay_reason: None,
-        }],
+        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
     };
     o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
         settings: BTreeMap::new(),
@@ -1798,10 +1795,7 @@ fn a_promoted_multi_instance_postfix_drops_its_own_queued_deliveries_with_its_co
         message_size: 1,
         forced_expire: false,
         sender: "s@x.org".into(),
-        recipients: vec![crate::model::QueueRecipient {
-            address: "u1@students.lab".into(),
-            delay_reason: None,
-        }],
+        recipients: [crate::model::QueueRecipient::to("u1@students.lab")].into(),
     };
     let b = o.nodes.get_mut("node-b").unwrap();
     // the node's own Postfix queues the same id for another reason: never touched
@@ -1858,15 +1852,15 @@ fn arb_own_mail_case() -> impl Strategy<Value = (Spec, Observation)> {
                     let queue = (0..queued)
                         .map(|k| crate::model::QueueEntry {
                             queue_name: "deferred".into(),
-                            queue_id: format!("Q{k}"),
+                            queue_id: format!("Q{k}").into(),
                             arrival_time: now(),
                             message_size: 1,
                             forced_expire: false,
                             sender: "s@x.org".into(),
-                            recipients: vec![crate::model::QueueRecipient {
-                                address: format!("u{k}@students.lab"),
-                                delay_reason: None,
-                            }],
+                            recipients: [crate::model::QueueRecipient::to(&format!(
+                                "u{k}@students.lab"
+                            ))]
+                            .into(),
                         })
                         .collect();
                     n.instance_postfix.insert(
@@ -1928,5 +1922,104 @@ proptest! {
                 .collect();
             prop_assert!(left.is_empty(), "mail steps left:\n{}\nthen:\n{}", render::text(&p, None), render::text(&again, None));
         }
+    }
+}
+
+#[test]
+fn a_large_archive_purge_is_planned_in_ordered_batches_of_every_provable_copy() {
+    use crate::model::{ArchiveObservation, QueueEntry, QueueRecipient};
+    let mut text = SPEC.to_owned();
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let mut o = converged();
+    for n in o.nodes.values_mut() {
+        n.capabilities.clock_offset_ms = Some(0);
+        n.capabilities.clock_uncertainty_ms = Some(0);
+    }
+    let batch = super::archiving::PURGE_BATCH;
+    let n = 2 * batch + 1;
+    let old: Timestamp = "2026-11-28T09:00:00Z".parse().unwrap();
+    let rcpts: std::sync::Arc<[QueueRecipient]> =
+        [QueueRecipient::to("u1=students.lab@archive.lab")].into();
+    let mut queue: Vec<QueueEntry> = (0..n)
+        .map(|k| QueueEntry {
+            queue_name: "hold".into(),
+            queue_id: format!("H{k:07}").into(),
+            arrival_time: old,
+            message_size: 1,
+            forced_expire: false,
+            sender: "s@x.org".into(),
+            recipients: rcpts.clone(),
+        })
+        .collect();
+    // newer than the watermark, and one of another instance: both stay
+    let mut fresh = queue[0].clone();
+    fresh.queue_id = "FRESH".into();
+    fresh.arrival_time = now();
+    let mut staff = queue[0].clone();
+    staff.queue_id = "STAFF".into();
+    staff.recipients = [QueueRecipient::to("u1=staff.lab@archive.lab")].into();
+    queue.push(fresh);
+    queue.push(staff);
+    let caps = Capabilities {
+        clock_offset_ms: Some(0),
+        clock_uncertainty_ms: Some(0),
+        ..Default::default()
+    };
+    o.archive = Some(ArchiveObservation {
+        reachability: Reachability::Reachable,
+        capabilities: caps,
+        postfix: Some(crate::model::PostfixObservation {
+            settings: BTreeMap::new(),
+            queue,
+            files: BTreeMap::new(),
+        }),
+        errors: Vec::new(),
+    });
+    let mut ctx = converged_ctx();
+    ctx.backlogs.insert(
+        Context::backlog_key("zdata/imap/students", BASE),
+        crate::decide::archive::SpoolBacklog::Empty,
+    );
+    let p = plan(&s, &o, now(), &ctx);
+    assert!(p.check(&s).is_empty(), "{:?}", p.check(&s));
+    let purges: Vec<(&str, &[crate::model::QueueId])> = p
+        .actions()
+        .into_iter()
+        .filter_map(|a| match &a.kind {
+            ActionKind::PurgeArchive {
+                instance,
+                queue_ids,
+                ..
+            } => {
+                assert_eq!(instance, "students");
+                Some((a.id.as_str(), queue_ids.as_slice()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        purges.iter().map(|(_, q)| q.len()).collect::<Vec<_>>(),
+        [batch, batch, 1],
+        "{}",
+        render::text(&p, Some(&s))
+    );
+    let all: BTreeSet<&str> = purges
+        .iter()
+        .flat_map(|(_, q)| q.iter().map(|q| q.as_str()))
+        .collect();
+    assert_eq!(all.len(), n);
+    assert!(!all.contains("FRESH") && !all.contains("STAFF"));
+    // one after the other: each batch waits for the one before it
+    for w in purges.windows(2) {
+        let (later, earlier) = (p.id_of(w[1].0).unwrap(), p.id_of(w[0].0).unwrap());
+        assert!(
+            p.depends_on(later).contains(&earlier),
+            "{} is not ordered after {}",
+            w[1].0,
+            w[0].0
+        );
     }
 }

@@ -606,6 +606,49 @@ impl Host {
 }
 
 impl Host {
+    /// Run argv and hand each line of its stdout to `each` as it arrives (without its line
+    /// end; invalid UTF-8 replaced), so a listing of any size is never held whole: the
+    /// archive's `postqueue -j` of a million held copies is 200 MB of text. The timeout is
+    /// between lines (and for the exit after the last): a long listing that keeps coming is
+    /// not cut, a stalled one is. Stdin is closed at once.
+    pub async fn stream_lines(
+        &self,
+        argv: &[String],
+        mut each: impl FnMut(&str) + Send,
+    ) -> Result<Output, HostError> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut sp = self.spawn(argv).await?;
+        let _ = sp.stdin.shutdown().await;
+        let mut reader = tokio::io::BufReader::with_capacity(1 << 16, &mut sp.stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match tokio::time::timeout(self.timeout, reader.read_until(b'\n', &mut buf)).await {
+                Err(_) => {
+                    let e = self.timed_out(argv, self.timeout);
+                    tracing::warn!(error = %e, "streamed command stalled");
+                    return Err(e);
+                }
+                Ok(Err(e)) => {
+                    return Err(HostError::Io {
+                        host: self.label.clone(),
+                        source: e,
+                    });
+                }
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    each(&String::from_utf8_lossy(line));
+                }
+            }
+        }
+        drop(reader);
+        match tokio::time::timeout(self.timeout, sp.wait()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(argv, self.timeout)),
+        }
+    }
+
     /// Run argv with `input` on its stdin, to completion (file contents, queue ids for
     /// `postsuper -d -`). One round trip.
     pub async fn run_with_stdin(&self, argv: &[String], input: &[u8]) -> Result<Output, HostError> {

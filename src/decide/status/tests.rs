@@ -106,19 +106,13 @@ fn node(datasets: Vec<Dataset>, running: bool) -> NodeObservation {
 
 fn held(id: &str, queue: &str, rcpts: &[&str]) -> QueueEntry {
     QueueEntry {
-        queue_name: queue.to_owned(),
-        queue_id: id.to_owned(),
+        queue_name: queue.into(),
+        queue_id: id.into(),
         arrival_time: now(),
         message_size: 100,
         forced_expire: false,
-        sender: "x@example.org".to_owned(),
-        recipients: rcpts
-            .iter()
-            .map(|a| QueueRecipient {
-                address: (*a).to_owned(),
-                delay_reason: None,
-            })
-            .collect(),
+        sender: "x@example.org".into(),
+        recipients: rcpts.iter().map(|a| QueueRecipient::to(a)).collect(),
     }
 }
 

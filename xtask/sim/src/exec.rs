@@ -424,7 +424,7 @@ pub fn run(
         }
         ActionKind::DropQueued { queue_ids, .. } => {
             let n = node_host(w, &node)?;
-            n.queue.retain(|e| !queue_ids.contains(&e.qid));
+            n.queue.retain(|e| !queue_ids.iter().any(|q| *q == e.qid));
             Ok(())
         }
         ActionKind::FlushQueue => {
@@ -436,23 +436,21 @@ pub fn run(
             if !w.archive.reachable() {
                 return Err("archive: no answer within 5s".into());
             }
-            let ids: BTreeSet<&String> = queue_ids.iter().collect();
+            let ids: BTreeSet<&str> = queue_ids.iter().map(|q| q.as_str()).collect();
             let purged: Vec<crate::world::Held> = w
                 .archive
                 .hold
                 .iter()
-                .filter(|h| ids.contains(&h.qid))
+                .filter(|h| ids.contains(h.qid.as_str()))
                 .cloned()
                 .collect();
             for h in &purged {
                 // another held copy of the same message for the same recipient (a replay
                 // makes one) keeps protecting it
-                let other_copy = w
-                    .archive
-                    .hold
-                    .iter()
-                    .any(|x| !ids.contains(&x.qid) && x.mid == h.mid && x.rcpt == h.rcpt)
-                    || w.nodes.values().any(|n| {
+                let other_copy =
+                    w.archive.hold.iter().any(|x| {
+                        !ids.contains(x.qid.as_str()) && x.mid == h.mid && x.rcpt == h.rcpt
+                    }) || w.nodes.values().any(|n| {
                         n.queue
                             .iter()
                             .any(|e| e.mid == h.mid && e.archive.contains(&h.rcpt))
@@ -464,7 +462,7 @@ pub fn run(
                     ));
                 }
             }
-            w.archive.hold.retain(|h| !ids.contains(&h.qid));
+            w.archive.hold.retain(|h| !ids.contains(h.qid.as_str()));
             Ok(())
         }
         ActionKind::Replicate {

@@ -468,15 +468,12 @@ impl World {
                         .iter()
                         .map(|h| QueueEntry {
                             queue_name: "hold".into(),
-                            queue_id: h.qid.clone(),
+                            queue_id: h.qid.as_str().into(),
                             arrival_time: h.arrival,
                             message_size: 1000,
                             forced_expire: false,
-                            sender: h.sender.clone(),
-                            recipients: vec![QueueRecipient {
-                                address: h.rcpt.clone(),
-                                delay_reason: None,
-                            }],
+                            sender: h.sender.as_str().into(),
+                            recipients: [QueueRecipient::to(&h.rcpt)].into(),
                         })
                         .collect(),
                     files: a.files.clone(),
@@ -629,19 +626,16 @@ impl World {
 fn queue_entry(e: &QEntry) -> QueueEntry {
     QueueEntry {
         queue_name: "deferred".into(),
-        queue_id: e.qid.clone(),
+        queue_id: e.qid.as_str().into(),
         arrival_time: e.arrival,
         message_size: 1000,
         forced_expire: false,
-        sender: e.sender.clone(),
+        sender: e.sender.as_str().into(),
         recipients: e
             .local
             .iter()
             .chain(&e.archive)
-            .map(|r| QueueRecipient {
-                address: r.clone(),
-                delay_reason: None,
-            })
+            .map(|r| QueueRecipient::to(r))
             .collect(),
     }
 }
