@@ -37,15 +37,16 @@ use std::time::{Duration, Instant};
 use crate::util::{cargo, root, run};
 
 mod arch_restore;
+mod archive;
 mod common;
 mod failover;
 mod prune;
 mod replication;
 
 const USAGE: &str = "usage: cargo xtask bench \
-                     [observe|noop|replication|prune|arch-restore|failover|all] \
+                     [observe|noop|replication|prune|arch-restore|archive|failover|all] \
                      [--runs N] [--spec PATH] [--dry-run] [--hold-schedules] [--count N] \
-                     [--link RATE]";
+                     [--link RATE] [--held N[,N…]]";
 
 /// One bench of `all`.
 type Bench<'a> = dyn Fn() -> Result<(), String> + 'a;
@@ -65,10 +66,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
         "replication" => replication::run(opts.count, opts.link.as_deref()),
         "prune" => prune::run(opts.count),
         "arch-restore" => arch_restore::run(opts.count),
+        "archive" => archive::run(opts.held.clone()),
         "failover" => failover::run(),
         "all" => {
             let mut failed = Vec::new();
-            let benches: [(&str, &Bench); 6] = [
+            let benches: [(&str, &Bench); 7] = [
                 ("observe", &crate::bench_observe::run),
                 ("noop", &|| noop(&opts)),
                 ("replication", &|| {
@@ -76,6 +78,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
                 }),
                 ("prune", &|| prune::run(opts.count)),
                 ("arch-restore", &|| arch_restore::run(opts.count)),
+                ("archive", &|| archive::run(opts.held.clone())),
                 ("failover", &failover::run),
             ];
             for (name, bench) in benches {
@@ -128,6 +131,8 @@ struct Options {
     /// `replication`: the rate node-b's link is shaped to for the bench (`tc … tbf`), e.g.
     /// `100mbit`; unshaped without it.
     link: Option<String>,
+    /// `archive`: the numbers of held copies to measure with, in order.
+    held: Option<Vec<u32>>,
 }
 
 impl Options {
@@ -139,6 +144,7 @@ impl Options {
             hold_schedules: false,
             count: None,
             link: None,
+            held: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -172,6 +178,16 @@ impl Options {
                         return Err(format!("--link {rate}: a rate such as 100mbit, 1gbit"));
                     }
                     o.link = Some(rate.clone());
+                }
+                "--held" => {
+                    let list = it.next().ok_or("--held needs N or N,N,…")?;
+                    let sizes: Option<Vec<u32>> = list
+                        .split(',')
+                        .map(|n| n.trim().replace('_', "").parse().ok().filter(|n| *n > 0))
+                        .collect();
+                    o.held = Some(sizes.ok_or(format!(
+                        "--held {list}: positive numbers separated by commas, such as 10000,100000"
+                    ))?);
                 }
                 "--dry-run" => o.dry_run = true,
                 "--hold-schedules" => o.hold_schedules = true,
@@ -440,6 +456,10 @@ not json at all
         assert_eq!((c.count, c.runs), (Some(500), 10));
         assert!(Options::parse(&["--count".into(), "x".into()]).is_err());
         assert!(Options::parse(&["--bogus".into()]).is_err());
+        let h = Options::parse(&["--held".into(), "10_000,1000000".into()]).unwrap();
+        assert_eq!(h.held, Some(vec![10_000, 1_000_000]));
+        assert!(Options::parse(&["--held".into(), "10,0".into()]).is_err());
+        assert!(Options::parse(&["--held".into(), "10,".into()]).is_err());
         let ms = Duration::from_millis;
         assert_eq!(median(&mut [ms(5), ms(1), ms(3)]), ms(3));
         assert_eq!(

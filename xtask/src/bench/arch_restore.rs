@@ -20,14 +20,12 @@
 //! relayed every copy to node-a) is printed too.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use xtask::lab::Host;
-use xtask::lab::smtp::{dot_stuff, message_text, new_message_id, read_reply};
+use xtask::lab::smtp::{message_text, new_message_id};
 
-use super::common::{Sk, host_ok, host_run, host_sh, poll, require_lab, secs};
+use super::common::{Sk, Smtp, host_ok, host_run, host_sh, poll, require_lab, secs};
 
 /// Held messages re-injected.
 pub const DEFAULT_COUNT: u32 = 5_000;
@@ -101,54 +99,6 @@ pub fn loop_lines(held: &[Queued]) -> String {
         }
     }
     s
-}
-
-struct Smtp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Smtp {
-    fn open(addr: &str) -> Result<Smtp, String> {
-        let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let io = |e: std::io::Error| format!("{addr}: {e}");
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io)?;
-        let writer = s.try_clone().map_err(io)?;
-        let mut c = Smtp {
-            reader: BufReader::new(s),
-            writer,
-        };
-        c.expect(None, 220)?;
-        c.expect(Some("EHLO bench.lab"), 250)?;
-        Ok(c)
-    }
-
-    fn expect(&mut self, line: Option<&str>, code: u16) -> Result<(), String> {
-        if let Some(l) = line {
-            self.writer
-                .write_all(format!("{l}\r\n").as_bytes())
-                .map_err(|e| format!("{l}: {e}"))?;
-        }
-        let r = read_reply(&mut self.reader).map_err(|e| format!("{line:?}: {e}"))?;
-        if r.code == code {
-            Ok(())
-        } else {
-            Err(format!("{line:?}: {} {}", r.code, r.text))
-        }
-    }
-
-    fn send(&mut self, from: &str, to: &str, text: &str) -> Result<(), String> {
-        self.expect(Some(&format!("MAIL FROM:<{from}>")), 250)?;
-        self.expect(Some(&format!("RCPT TO:<{to}>")), 250)?;
-        self.expect(Some("DATA"), 354)?;
-        self.writer
-            .write_all(dot_stuff(text).as_bytes())
-            .map_err(|e| format!("DATA: {e}"))?;
-        self.expect(None, 250)
-    }
 }
 
 pub fn run(count: Option<u32>) -> Result<(), String> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use xtask::lab::smtp::{dot_stuff, read_reply};
 use xtask::lab::{Host, LAB_DIR};
 
 use crate::util::{cargo, root, run};
@@ -132,6 +133,8 @@ pub struct SkRun {
     /// The JSON log (`--log-format json -vv`).
     pub log: String,
     pub wall: Duration,
+    /// Peak resident memory of the process, KiB (`ru_maxrss` of `wait4`).
+    pub peak_rss_kib: u64,
 }
 
 impl SkRun {
@@ -189,8 +192,7 @@ impl Sk {
             cmd.arg("--state-dir").arg(&self.state);
         }
         let t = Instant::now();
-        let out = cmd
-            .output()
+        let out = output_with_rss(&mut cmd)
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         let n = self.runs.get() + 1;
         self.runs.set(n);
@@ -200,10 +202,11 @@ impl Sk {
         ));
         let _ = std::fs::write(&log, &out.stderr);
         Ok(SkRun {
-            code: out.status.code(),
+            code: out.code,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             log: String::from_utf8_lossy(&out.stderr).into_owned(),
             wall: t.elapsed(),
+            peak_rss_kib: out.peak_rss_kib,
         })
     }
 
@@ -473,6 +476,109 @@ for ds in "$@"; do
 done
 "#;
     host_sh(host, SCRIPT, datasets).map(|_| ())
+}
+
+/// What [`output_with_rss`] collected.
+pub struct RssOutput {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub peak_rss_kib: u64,
+}
+
+/// `Command::output`, plus the child's own peak resident memory: the child is reaped with
+/// `wait4`, whose `rusage` is that process's alone (not every child this bench ran).
+pub fn output_with_rss(cmd: &mut Command) -> std::io::Result<RssOutput> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped (std's `Child` is never waited here:
+    // dropping it does not reap), and both out-pointers are valid for the call.
+    let r = loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break r;
+    };
+    if r == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Ok(RssOutput {
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    })
+}
+
+/// One SMTP session of a bench (no pipelining: each command waits for its reply).
+pub struct Smtp {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Smtp {
+    pub fn open(addr: &str) -> Result<Smtp, String> {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let io = |e: std::io::Error| format!("{addr}: {e}");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io)?;
+        let writer = s.try_clone().map_err(io)?;
+        let mut c = Smtp {
+            reader: std::io::BufReader::new(s),
+            writer,
+        };
+        c.expect(None, 220)?;
+        c.expect(Some("EHLO bench.lab"), 250)?;
+        Ok(c)
+    }
+
+    pub fn expect(&mut self, line: Option<&str>, code: u16) -> Result<(), String> {
+        if let Some(l) = line {
+            self.writer
+                .write_all(format!("{l}\r\n").as_bytes())
+                .map_err(|e| format!("{l}: {e}"))?;
+        }
+        let r = read_reply(&mut self.reader).map_err(|e| format!("{line:?}: {e}"))?;
+        if r.code == code {
+            Ok(())
+        } else {
+            Err(format!("{line:?}: {} {}", r.code, r.text))
+        }
+    }
+
+    pub fn send(&mut self, from: &str, to: &str, text: &str) -> Result<(), String> {
+        self.expect(Some(&format!("MAIL FROM:<{from}>")), 250)?;
+        self.expect(Some(&format!("RCPT TO:<{to}>")), 250)?;
+        self.expect(Some("DATA"), 354)?;
+        self.writer
+            .write_all(dot_stuff(text).as_bytes())
+            .map_err(|e| format!("DATA: {e}"))?;
+        self.expect(None, 250)
+    }
 }
 
 #[cfg(test)]
