@@ -196,19 +196,22 @@ pub fn from_saved(saved: &SavedPlan, spec: &Spec) -> Result<Plan, String> {
 }
 
 pub fn json(plan: &Plan, spec: Option<&Spec>) -> String {
-    let saved = to_saved(plan, spec);
-    let mut v = serde_json::to_value(&saved).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "summary".into(),
-            serde_json::to_value(Summary::of(plan)).unwrap_or_default(),
-        );
-        o.insert(
-            "notes".into(),
-            serde_json::to_value(&plan.notes).unwrap_or_default(),
-        );
+    /// The saved plan with the summary and the notes beside its fields, written straight
+    /// out (no JSON tree in between: a purge can name a million queue ids).
+    #[derive(Serialize)]
+    struct Printed<'a> {
+        #[serde(flatten)]
+        saved: &'a SavedPlan,
+        summary: Summary,
+        notes: &'a [String],
     }
-    serde_json::to_string_pretty(&v).unwrap_or_default()
+    let saved = to_saved(plan, spec);
+    serde_json::to_string_pretty(&Printed {
+        saved: &saved,
+        summary: Summary::of(plan),
+        notes: &plan.notes,
+    })
+    .unwrap_or_default()
 }
 
 /// Text for a terminal: grouped by host, numbered in execution order, with reasons.

@@ -15,11 +15,32 @@ use crate::spec::Spec;
 pub const FORMAT_VERSION: u32 = 1;
 
 fn sha_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex16(&Sha256::digest(bytes))
+}
+
+fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds what serde_json writes straight into the hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`sha_hex`] of a value's JSON, without the JSON ever held in memory.
+fn sha_of(v: &impl Serialize) -> String {
+    let mut h = HashWriter(Sha256::new());
+    // serialising plain data into a writer that never fails cannot fail
+    let _ = serde_json::to_writer(&mut h, v);
+    hex16(&h.0.finalize())
 }
 
 /// The digest of a spec as it was parsed (the cluster name and everything under `spec:`):
@@ -33,17 +54,46 @@ pub fn spec_digest(spec: &Spec) -> String {
 /// Times of the observation itself and clock measurements are left out (they change on
 /// every run without changing the world); everything else counts.
 pub fn fingerprint(obs: &Observation) -> String {
-    let mut o = obs.clone();
-    o.observed_at = Timestamp::UNIX_EPOCH;
-    for n in o.nodes.values_mut() {
-        n.capabilities.clock_offset_ms = None;
-        n.capabilities.clock_uncertainty_ms = None;
+    // The observation's JSON with those fields cleared, hashed as it is written: neither a
+    // copy of the observation nor its text is ever held (the archive's hold queue can be a
+    // million entries). Field for field the JSON of `Observation`.
+    #[derive(Serialize)]
+    struct ArchiveView<'a> {
+        reachability: &'a crate::model::Reachability,
+        capabilities: crate::model::Capabilities,
+        postfix: &'a Option<crate::model::PostfixObservation>,
+        errors: &'a [String],
     }
-    if let Some(a) = o.archive.as_mut() {
-        a.capabilities.clock_offset_ms = None;
-        a.capabilities.clock_uncertainty_ms = None;
+    #[derive(Serialize)]
+    struct View<'a> {
+        observed_at: Timestamp,
+        nodes: std::collections::BTreeMap<&'a str, crate::model::NodeObservation>,
+        archive: Option<ArchiveView<'a>>,
     }
-    sha_hex(&serde_json::to_vec(&o).unwrap_or_default())
+    let quiet = |c: &crate::model::Capabilities| crate::model::Capabilities {
+        clock_offset_ms: None,
+        clock_uncertainty_ms: None,
+        ..c.clone()
+    };
+    let view = View {
+        observed_at: Timestamp::UNIX_EPOCH,
+        nodes: obs
+            .nodes
+            .iter()
+            .map(|(k, n)| {
+                let mut n = n.clone();
+                n.capabilities = quiet(&n.capabilities);
+                (k.as_str(), n)
+            })
+            .collect(),
+        archive: obs.archive.as_ref().map(|a| ArchiveView {
+            reachability: &a.reachability,
+            capabilities: quiet(&a.capabilities),
+            postfix: &a.postfix,
+            errors: &a.errors,
+        }),
+    };
+    sha_of(&view)
 }
 
 /// Plans serialised for `plan --out` and read back by `apply --plan`.
@@ -66,9 +116,26 @@ pub struct SavedPlan {
 impl SavedPlan {
     /// The digest of the plan's content (every field but `digest`).
     pub fn content_digest(&self) -> String {
-        let mut c = self.clone();
-        c.digest.clear();
-        sha_hex(&serde_json::to_vec(&c).unwrap_or_default())
+        // field for field the JSON of `SavedPlan` with an empty digest, hashed as written
+        #[derive(Serialize)]
+        struct View<'a> {
+            format_version: u32,
+            cluster: &'a str,
+            fingerprint: &'a str,
+            actions: &'a [render::JsonAction],
+            blocked: &'a [render::JsonBlocked],
+            spec_digest: &'a str,
+            digest: &'a str,
+        }
+        sha_of(&View {
+            format_version: self.format_version,
+            cluster: &self.cluster,
+            fingerprint: &self.fingerprint,
+            actions: &self.actions,
+            blocked: &self.blocked,
+            spec_digest: &self.spec_digest,
+            digest: "",
+        })
     }
 
     /// The plan with its content digest set.

@@ -450,6 +450,64 @@ fn fingerprint_ignores_clocks_but_not_the_world() {
     assert_ne!(fingerprint(&o), fingerprint(&later));
 }
 
+#[test]
+fn digests_hash_the_same_json_as_a_serialised_copy_would() {
+    use sha2::{Digest, Sha256};
+    let hex = |b: &[u8]| -> String {
+        Sha256::digest(b)
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let mut o = converged();
+    o.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .capabilities
+        .clock_offset_ms = Some(7);
+    o.archive = Some(crate::model::ArchiveObservation {
+        reachability: Reachability::Reachable,
+        capabilities: Capabilities {
+            clock_offset_ms: Some(3),
+            clock_uncertainty_ms: Some(4),
+            ..Default::default()
+        },
+        postfix: Some(crate::model::PostfixObservation {
+            settings: [("relay_domains".to_string(), "archive.lab".to_string())].into(),
+            queue: crate::adapters::postfix::parse_postqueue(
+                r#"{"queue_name":"hold","queue_id":"4Fq1","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"u=s.lab@archive.lab"}]}"#,
+            )
+            .unwrap(),
+            files: BTreeMap::new(),
+        }),
+        errors: vec!["x".into()],
+    });
+    // the definition: the JSON of a copy with the clocks cleared
+    let mut c = o.clone();
+    c.observed_at = Timestamp::UNIX_EPOCH;
+    for n in c.nodes.values_mut() {
+        n.capabilities.clock_offset_ms = None;
+        n.capabilities.clock_uncertainty_ms = None;
+    }
+    let a = c.archive.as_mut().unwrap();
+    a.capabilities.clock_offset_ms = None;
+    a.capabilities.clock_uncertainty_ms = None;
+    assert_eq!(fingerprint(&o), hex(&serde_json::to_vec(&c).unwrap()));
+    let s = spec_with("node-a", &[]);
+    let mut o2 = converged();
+    o2.nodes
+        .get_mut("node-a")
+        .unwrap()
+        .instances
+        .insert("students".into(), state(RunState::Stopped));
+    let saved = render::to_saved(&plan(&s, &o2, now(), &converged_ctx()), Some(&s)).sealed();
+    assert!(!saved.actions.is_empty());
+    let mut d = saved.clone();
+    d.digest.clear();
+    assert_eq!(saved.digest, hex(&serde_json::to_vec(&d).unwrap()));
+}
+
 // ---- properties ----------------------------------------------------------------------
 
 fn arb_state() -> impl Strategy<Value = Option<RunState>> {

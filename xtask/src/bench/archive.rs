@@ -90,7 +90,10 @@ pub fn run(held: Option<Vec<u32>>) -> Result<(), String> {
         "held.yaml",
         &super::common::with_schedules(&lab, "3650d", "3650d")?,
     )?;
-    let due_spec = sk.write_spec("due.yaml", &super::common::with_schedules(&lab, "1m", "1m")?)?;
+    let due_spec = sk.write_spec(
+        "due.yaml",
+        &super::common::with_schedules(&lab, "1m", "1m")?,
+    )?;
     cleanup()?;
     eprintln!("==> bench archive: converge the lab (schedules held)");
     sk.apply(&held_spec)?;
@@ -123,7 +126,9 @@ fn one(sk: &Sk, held: &Path, due: &Path, n: u32, base: &Measure) -> Result<Strin
     poll(Duration::from_secs(600), Duration::from_secs(2), || {
         Ok((held_files()? >= before + n as usize).then_some(()))
     })?
-    .ok_or(format!("the {n} copies never were all on hold on smtp-arch"))?;
+    .ok_or(format!(
+        "the {n} copies never were all on hold on smtp-arch"
+    ))?;
     // the purge proves a copy is in the replica only when it arrived a margin before the
     // snapshot: wait out the lab's margin (1m)
     std::thread::sleep(Duration::from_secs(65));
@@ -223,7 +228,7 @@ impl Measure {
     fn take(sk: &Sk, held: &Path, due: &Path, n: u32) -> Result<Measure, String> {
         let (held_s, due_s) = (held.to_string_lossy(), due.to_string_lossy());
         eprintln!("==> N={n}: observe");
-        let observe = sk.run(&["observe", "-f", &held_s, "--output", "json"], true)?;
+        let observe = sk.run(&["observe", "-f", &held_s, "--output", "json"], false)?;
         let seen = observe.stdout.matches(&format!("\"{MARKER}")).count();
         if observe.code != Some(0) || seen < n as usize {
             return Err(format!(
@@ -321,7 +326,10 @@ fn purged_in(plan_json: &str) -> Result<u64, String> {
     Ok(actions
         .iter()
         .filter(|a| a["kind"] == "purge_archive")
-        .map(|a| a["queue_ids"].as_array().map_or(0, |q| q.len() as u64))
+        .map(|a| {
+            a["args"]["queue_ids"]
+                .as_array()
+                .map_or(0, |q| q.len() as u64)
+        })
         .sum())
 }
-
