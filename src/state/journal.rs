@@ -70,15 +70,31 @@ impl Journal {
         })
     }
 
-    /// Record a completed action with its content.
+    /// Record a completed action with its content, except the queue ids of a purge or a
+    /// drop of queued deliveries: the history never reads them, the plan lists them, and
+    /// kept they would make the journal (read on every run) grow by every copy ever purged.
+    /// The detail keeps their number.
     pub fn record_done(&mut self, a: &crate::plan::Action) -> std::io::Result<()> {
+        use crate::plan::ActionKind;
+        let mut done = a.clone();
+        let detail = match &mut done.kind {
+            ActionKind::PurgeArchive { queue_ids, .. }
+            | ActionKind::DropQueued { queue_ids, .. } => {
+                let n = queue_ids.len();
+                *queue_ids = Vec::new();
+                Some(format!(
+                    "{n} queue id(s), listed in the plan, not kept in the journal"
+                ))
+            }
+            _ => None,
+        };
         self.write(Record {
             at: Timestamp::now(),
             run: self.run.clone(),
             action: a.id.clone(),
             phase: Phase::Done,
-            detail: None,
-            done: Some(a.clone()),
+            detail,
+            done: Some(done),
         })
     }
 
@@ -126,6 +142,52 @@ mod tests {
     use super::*;
     use std::fs::OpenOptions;
     use std::io::Write;
+
+    #[test]
+    fn a_purge_is_journaled_without_its_queue_ids() {
+        use crate::plan::{Action, ActionKind, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), "c").unwrap();
+        let purge = Action::new(
+            Target::Archive,
+            ActionKind::PurgeArchive {
+                instance: "students".into(),
+                queue_ids: (0..1000).map(|k| format!("Q{k}").into()).collect(),
+                watermark: "w".into(),
+            },
+            "r",
+        );
+        let hold = Action::new(
+            Target::Node("node-a".into()),
+            ActionKind::Hold {
+                dataset: "zdata/imap/students".into(),
+                snapshot: "sk_1".into(),
+            },
+            "r",
+        );
+        j.record_done(&purge).unwrap();
+        j.record_done(&hold).unwrap();
+        let rs = Journal::read(dir.path(), "c");
+        match &rs[0].done.as_ref().unwrap().kind {
+            ActionKind::PurgeArchive { queue_ids, .. } => assert!(queue_ids.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            rs[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("1000 queue id(s)")
+        );
+        // every other action keeps its content: the history is rebuilt from it
+        assert_eq!(rs[1].done.as_ref(), Some(&hold));
+        assert!(
+            std::fs::metadata(dir.path().join("c/journal.jsonl"))
+                .unwrap()
+                .len()
+                < 2000
+        );
+    }
 
     #[test]
     fn records_survive_reopening_and_torn_lines_are_ignored() {
