@@ -135,6 +135,8 @@ pub struct SkRun {
     pub wall: Duration,
     /// Peak resident memory of the process, KiB (`ru_maxrss` of `wait4`).
     pub peak_rss_kib: u64,
+    /// CPU time of the process (user + system).
+    pub cpu: Duration,
 }
 
 impl SkRun {
@@ -207,6 +209,7 @@ impl Sk {
             log: String::from_utf8_lossy(&out.stderr).into_owned(),
             wall: t.elapsed(),
             peak_rss_kib: out.peak_rss_kib,
+            cpu: out.cpu,
         })
     }
 
@@ -484,6 +487,7 @@ pub struct RssOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub peak_rss_kib: u64,
+    pub cpu: Duration,
 }
 
 /// `Command::output`, plus the child's own peak resident memory: the child is reaped with
@@ -539,7 +543,13 @@ pub fn output_with_rss(cmd: &mut Command) -> std::io::Result<RssOutput> {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
         peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
 /// One SMTP session of a bench (no pipelining: each command waits for its reply).
