@@ -2,3 +2,4 @@
 //! bench) can call the others' functions.
 
 pub mod lab;
+pub mod rusage;

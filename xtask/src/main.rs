@@ -157,6 +157,16 @@ pub fn simulate(args: &[String]) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // the benches' launcher (xtask::rusage): a plain loop, no task
+    if std::env::args().nth(1).as_deref() == Some(xtask::rusage::LAUNCHER_ARG) {
+        return match xtask::rusage::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask launcher: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Lab(cmd) => run_lab(cmd),

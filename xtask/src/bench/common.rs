@@ -123,6 +123,9 @@ pub struct Sk {
     state: PathBuf,
     /// Runs so far (numbers the saved logs).
     runs: std::cell::Cell<u32>,
+    /// Every run goes through it, so its peak RSS is the command's own, not this bench's
+    /// (see `xtask::rusage`).
+    launcher: std::cell::RefCell<xtask::rusage::Launcher>,
 }
 
 /// One run of `spoolkeeper`.
@@ -174,42 +177,59 @@ impl Sk {
         )?;
         let dir = scratch(name)?;
         let state = dir.join("state");
+        let me = std::env::current_exe().map_err(|e| format!("this xtask's path: {e}"))?;
+        let launcher = xtask::rusage::Launcher::start(&me)
+            .map_err(|e| format!("cannot start the launcher {}: {e}", me.display()))?;
         Ok(Sk {
             bin: root().join("target/release/spoolkeeper"),
             dir,
             state,
             runs: std::cell::Cell::new(0),
+            launcher: std::cell::RefCell::new(launcher),
         })
     }
 
     /// `spoolkeeper --log-format json -vv ARGS… [--state-dir D]`; the log is kept as
     /// `<scratch>/<n>-<command>.log` for a post-mortem.
     pub fn run(&self, args: &[&str], state_dir: bool) -> Result<SkRun, String> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["--log-format", "json", "-vv"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .current_dir(root());
+        let mut argv: Vec<String> = vec![self.bin.to_string_lossy().into_owned()];
+        argv.extend(["--log-format", "json", "-vv"].map(String::from));
+        argv.extend(args.iter().map(|a| a.to_string()));
         if state_dir {
-            cmd.arg("--state-dir").arg(&self.state);
+            argv.push("--state-dir".into());
+            argv.push(self.state.to_string_lossy().into_owned());
         }
-        let t = Instant::now();
-        let out = output_with_rss(&mut cmd)
-            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         let n = self.runs.get() + 1;
         self.runs.set(n);
-        let log = self.dir.join(format!(
-            "{n:02}-{}.log",
-            args.first().copied().unwrap_or("run")
-        ));
-        let _ = std::fs::write(&log, &out.stderr);
+        let name = format!("{n:02}-{}", args.first().copied().unwrap_or("run"));
+        let log = self.dir.join(format!("{name}.log"));
+        let stdout = self.dir.join(format!("{name}.stdout"));
+        let t = Instant::now();
+        let reply = self
+            .launcher
+            .borrow_mut()
+            .run(&xtask::rusage::Request {
+                argv,
+                cwd: root(),
+                env_remove: vec!["RUST_LOG".into()],
+                stdout: stdout.clone(),
+                stderr: log.clone(),
+            })
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        let wall = t.elapsed();
+        if let Some(e) = reply.error {
+            return Err(e);
+        }
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let out = read(&stdout)?;
+        let _ = std::fs::remove_file(&stdout);
         Ok(SkRun {
-            code: out.code,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            log: String::from_utf8_lossy(&out.stderr).into_owned(),
-            wall: t.elapsed(),
-            peak_rss_kib: out.peak_rss_kib,
-            cpu: out.cpu,
+            code: reply.code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            log: String::from_utf8_lossy(&read(&log)?).into_owned(),
+            wall,
+            peak_rss_kib: reply.peak_rss_kib,
+            cpu: xtask::rusage::cpu(&reply),
         })
     }
 
@@ -479,77 +499,6 @@ for ds in "$@"; do
 done
 "#;
     host_sh(host, SCRIPT, datasets).map(|_| ())
-}
-
-/// What [`output_with_rss`] collected.
-pub struct RssOutput {
-    pub code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub peak_rss_kib: u64,
-    pub cpu: Duration,
-}
-
-/// `Command::output`, plus the child's own peak resident memory: the child is reaped with
-/// `wait4`, whose `rusage` is that process's alone (not every child this bench ran).
-pub fn output_with_rss(cmd: &mut Command) -> std::io::Result<RssOutput> {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let drain = |p: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet reaped (std's `Child` is never waited here:
-    // dropping it does not reap), and both out-pointers are valid for the call.
-    let r = loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        break r;
-    };
-    if r == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    Ok(RssOutput {
-        code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-    })
-}
-
-fn timeval(t: libc::timeval) -> Duration {
-    Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-        + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
 /// One SMTP session of a bench (no pipelining: each command waits for its reply).
