@@ -619,15 +619,40 @@ impl Host {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut sp = self.spawn(argv).await?;
         let _ = sp.stdin.shutdown().await;
-        let mut reader = tokio::io::BufReader::with_capacity(1 << 16, &mut sp.stdout);
+        let stdout = std::mem::replace(&mut sp.stdout, Box::pin(tokio::io::empty()));
+        // stdout is read while `wait` drains stderr and waits for the exit: a command that
+        // fills the stderr pipe before its last line would otherwise stall
+        let exit = sp.wait();
+        tokio::pin!(exit);
+        let mut reader = tokio::io::BufReader::with_capacity(1 << 16, stdout);
         let mut buf = Vec::new();
+        let mut exited = None;
         loop {
-            buf.clear();
-            match tokio::time::timeout(self.timeout, reader.read_until(b'\n', &mut buf)).await {
+            // `buf` is cleared only after a whole line: a read cut short by the exit branch
+            // has already moved its bytes into it, and the next read appends the rest
+            let read = tokio::time::timeout(self.timeout, reader.read_until(b'\n', &mut buf));
+            let step = tokio::select! {
+                r = read => r,
+                r = &mut exit, if exited.is_none() => {
+                    exited = Some(r);
+                    continue;
+                }
+            };
+            match step {
                 Err(_) => {
                     let e = self.timed_out(argv, self.timeout);
                     tracing::warn!(error = %e, "streamed command stalled");
                     return Err(e);
+                }
+                // at the end, a last line without its line end may already be in `buf`
+                Ok(Ok(0)) if buf.is_empty() => break,
+                Ok(Ok(n)) => {
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    each(&String::from_utf8_lossy(line));
+                    buf.clear();
+                    if n == 0 {
+                        break;
+                    }
                 }
                 Ok(Err(e)) => {
                     return Err(HostError::Io {
@@ -635,17 +660,14 @@ impl Host {
                         source: e,
                     });
                 }
-                Ok(Ok(0)) => break,
-                Ok(Ok(_)) => {
-                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-                    each(&String::from_utf8_lossy(line));
-                }
             }
         }
-        drop(reader);
-        match tokio::time::timeout(self.timeout, sp.wait()).await {
-            Ok(r) => r,
-            Err(_) => Err(self.timed_out(argv, self.timeout)),
+        match exited {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.timeout, exit).await {
+                Ok(r) => r,
+                Err(_) => Err(self.timed_out(argv, self.timeout)),
+            },
         }
     }
 
@@ -983,6 +1005,38 @@ mod tests {
 #[cfg(test)]
 mod stdin_tests {
     use super::*;
+
+    /// A streamed listing is read line by line while its stderr is drained beside it: a
+    /// command that writes more to stderr than a pipe holds before its last line (showq's
+    /// warnings about unreadable queue files) must not stall into the idle timeout.
+    #[tokio::test]
+    async fn streamed_lines_arrive_in_order_beside_much_stderr() {
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips)
+            .with_timeout(std::time::Duration::from_secs(20));
+        let script = "echo one; i=0; while [ $i -lt 20000 ]; do \
+                      echo \"warning: queue file $i unreadable\" >&2; i=$((i+1)); done; \
+                      printf 'two\\nthree'; exit 4";
+        let argv: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+        let mut lines = Vec::new();
+        let out = h
+            .stream_lines(&argv, |l| lines.push(l.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(lines, ["one", "two", "three"]);
+        assert_eq!(out.status, Some(4));
+        assert_eq!(out.stderr_text().lines().count(), 20000);
+        // a listing that stops coming is cut by the timeout between lines
+        let h = h.with_timeout(std::time::Duration::from_millis(300));
+        let argv: Vec<String> = ["sh", "-c", "echo a; exec sleep 30"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut got = Vec::new();
+        let e = h.stream_lines(&argv, |l| got.push(l.to_owned())).await;
+        assert!(matches!(e, Err(HostError::CommandTimeout { .. })), "{e:?}");
+        assert_eq!(got, ["a"]);
+    }
 
     #[tokio::test]
     async fn stdin_reaches_the_command_and_stdout_comes_back() {
