@@ -63,6 +63,27 @@ async fn argv_arrives_intact() {
     assert_eq!(trips.snapshot()["node-a"], 2);
 }
 
+/// A master that exited while its host was idle (ControlPersist) is opened again for the next
+/// command: before, that command failed as "the remote process has terminated" (an apply
+/// whose observation of another host outlasted the minute could not take the lock).
+async fn an_idle_master_is_opened_again() {
+    let mut c = lab_config(NODE_A);
+    c.master_idle = Duration::from_secs(1);
+    let ssh = SshHost::connect(c).await.expect("connect to node-a");
+    let trips = RoundTrips::default();
+    let host = Host::new("node-a", AnyHost::Ssh(ssh), &trips);
+    let t = ["true".to_string()];
+    assert!(host.run(&t).await.expect("first command").success());
+    // ssh -O check answers "Master running" until the master's idle time is up
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = host.run(&t).await.expect("a command after the master's idle time");
+    assert!(out.success(), "{}", out.stderr_text());
+    let AnyHost::Ssh(ssh) = host.transport() else {
+        unreachable!()
+    };
+    assert_eq!(ssh.reopened(), 1, "the master was not found gone");
+}
+
 async fn host_key_refused(known_hosts: &str, what: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("known_hosts");
@@ -171,6 +192,7 @@ fn lab_observe_transport_and_cut_node() {
     // --- real SSH: argv intact, wrong or unknown host keys refused
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(argv_arrives_intact());
+    rt.block_on(an_idle_master_is_opened_again());
     let known = std::fs::read_to_string(SSH_KNOWN_HOSTS).expect("lab known_hosts");
     let b_key = known
         .lines()

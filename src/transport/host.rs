@@ -183,10 +183,13 @@ pub struct SshConfig {
     pub connect_timeout: Duration,
     /// ServerAliveInterval.
     pub keepalive: Duration,
+    /// How long the control master stays once idle (ControlPersist; whole seconds, at least
+    /// one). It is opened again when found gone, see [`SshHost`].
+    pub master_idle: Duration,
 }
 
 impl SshConfig {
-    /// Defaults: 5 s connect timeout, 15 s keepalive.
+    /// Defaults: 5 s connect timeout, 15 s keepalive, master idle for 60 s.
     pub fn new(host: impl Into<String>) -> Self {
         SshConfig {
             host: host.into(),
@@ -196,14 +199,26 @@ impl SshConfig {
             identity: None,
             connect_timeout: Duration::from_secs(5),
             keepalive: Duration::from_secs(15),
+            master_idle: MASTER_IDLE,
         }
     }
 }
 
-/// One SSH control master per host, opened once and reused for every command of the run.
+/// One SSH control master per host, opened once and reused for every command of the run,
+/// and opened again when it is found gone after an idle spell: the master exits once idle
+/// for [`MASTER_IDLE`] (so that one outliving a killed controller does not stay forever), and
+/// a run can leave a host idle that long (a long observation of another host, a send
+/// elsewhere). A command sent to a master that has exited fails before it reaches the host,
+/// as "the remote process has terminated", which says nothing about the host.
 pub struct SshHost {
     config: SshConfig,
-    session: Arc<openssh::Session>,
+    session: std::sync::Mutex<Arc<openssh::Session>>,
+    /// When a command last started or ended on this host.
+    touched: std::sync::Mutex<Instant>,
+    /// One reconnection at a time.
+    reopen: tokio::sync::Mutex<()>,
+    /// Masters opened after the first.
+    reopened: AtomicU64,
 }
 
 impl std::fmt::Debug for SshHost {
@@ -214,48 +229,96 @@ impl std::fmt::Debug for SshHost {
     }
 }
 
+
 impl SshHost {
     /// Open the control master (strict host key checking, connect timeout, keepalive).
     pub async fn connect(config: SshConfig) -> Result<SshHost, HostError> {
-        let mut b = openssh::SessionBuilder::default();
-        b.known_hosts_check(openssh::KnownHosts::Strict)
-            .connect_timeout(config.connect_timeout)
-            .server_alive_interval(config.keepalive)
-            // a master outliving a killed controller exits once idle for a minute (the
-            // default keeps it forever)
-            .control_persist(openssh::ControlPersist::IdleFor(MASTER_IDLE));
-        if let Some(u) = &config.user {
-            b.user(u.clone());
-        }
-        if let Some(p) = config.port {
-            b.port(p);
-        }
-        if let Some(k) = &config.known_hosts {
-            b.user_known_hosts_file(k);
-        }
-        if let Some(i) = &config.identity {
-            b.keyfile(i);
-        }
-        let started = Instant::now();
-        let res = b.connect(&config.host).await;
-        tracing::debug!(host = %config.host, elapsed_ms = started.elapsed().as_millis() as u64, ok = res.is_ok(), "ssh connect");
-        match res {
-            Ok(s) => Ok(SshHost {
-                config,
-                session: Arc::new(s),
-            }),
-            Err(e) => Err(classify_ssh_error(
-                &config,
-                &e.to_string(),
-                &error_chain(&e),
-            )),
-        }
+        let s = open_master(&config).await?;
+        Ok(SshHost {
+            config,
+            session: std::sync::Mutex::new(Arc::new(s)),
+            touched: std::sync::Mutex::new(Instant::now()),
+            reopen: tokio::sync::Mutex::new(()),
+            reopened: AtomicU64::new(0),
+        })
     }
 
     /// The configuration this host was opened with.
     pub fn config(&self) -> &SshConfig {
         &self.config
     }
+
+    /// How many times the master was found gone and opened again.
+    pub fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Arc<openssh::Session> {
+        Arc::clone(&self.session.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn touch(&self) {
+        *self.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// The master to send the next command through: the current one, checked first when the
+    /// host has been idle for [`CHECK_AFTER`], and opened again when the check finds it gone.
+    async fn master(&self) -> Result<Arc<openssh::Session>, HostError> {
+        // a third of the master's idle time: well inside it, so that a slow check never lets
+        // a command meet a master that exits under it
+        let check_after = self.config.master_idle / 3;
+        if self.idle_for() >= check_after {
+            let _one = self.reopen.lock().await;
+            // another command may have just checked (or reopened) it
+            if self.idle_for() >= check_after {
+                let cur = self.current();
+                if let Err(e) = cur.check().await {
+                    tracing::info!(host = %self.config.host, error = %e, idle_s = self.idle_for().as_secs(), "the ssh master exited while idle: opening it again");
+                    let s = open_master(&self.config).await?;
+                    *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+                    self.reopened.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.touch();
+        Ok(self.current())
+    }
+}
+
+async fn open_master(config: &SshConfig) -> Result<openssh::Session, HostError> {
+    let mut b = openssh::SessionBuilder::default();
+    b.known_hosts_check(openssh::KnownHosts::Strict)
+        .connect_timeout(config.connect_timeout)
+        .server_alive_interval(config.keepalive)
+        // a master outliving a killed controller exits once idle for a minute (the default
+        // keeps it forever); SshHost::master opens it again when a run finds it gone
+        .control_persist(openssh::ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(config.master_idle.as_secs() as usize)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+        ));
+    if let Some(u) = &config.user {
+        b.user(u.clone());
+    }
+    if let Some(p) = config.port {
+        b.port(p);
+    }
+    if let Some(k) = &config.known_hosts {
+        b.user_known_hosts_file(k);
+    }
+    if let Some(i) = &config.identity {
+        b.keyfile(i);
+    }
+    let started = Instant::now();
+    let res = b.connect(&config.host).await;
+    tracing::debug!(host = %config.host, elapsed_ms = started.elapsed().as_millis() as u64, ok = res.is_ok(), "ssh connect");
+    res.map_err(|e| classify_ssh_error(config, &e.to_string(), &error_chain(&e)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -366,10 +429,7 @@ pub struct Host {
 }
 
 /// How long an SSH control master stays once idle (its controller gone, say after a kill).
-const MASTER_IDLE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(60) {
-    Some(n) => n,
-    None => unreachable!(),
-};
+const MASTER_IDLE: Duration = Duration::from_secs(60);
 
 /// The default command timeout (the dispatcher's, for the commands of every action that does
 /// not move data; those pass their own to [`Host::run_timeout`]).
@@ -418,6 +478,11 @@ impl Host {
     /// The label (node name).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The transport under this host.
+    pub fn transport(&self) -> &AnyHost {
+        &self.inner
     }
 
     /// Round trips made through this host so far.
@@ -471,12 +536,15 @@ impl Host {
                     })
                 }
                 AnyHost::Ssh(h) => {
-                    let mut cmd = h.session.raw_command(quote_posix(&argv[0]));
+                    let session = h.master().await?;
+                    let mut cmd = session.raw_command(quote_posix(&argv[0]));
                     for a in &argv[1..] {
                         cmd.raw_arg(quote_posix(a));
                     }
                     cmd.stdin(openssh::Stdio::null());
-                    let out = cmd.output().await.map_err(|e| {
+                    let out = cmd.output().await;
+                    h.touch();
+                    let out = out.map_err(|e| {
                         classify_ssh_error(&h.config, &e.to_string(), &error_chain(&e))
                     })?;
                     Ok(Output {
@@ -553,7 +621,7 @@ impl Host {
             }
             AnyHost::Ssh(h) => {
                 let mut cmd =
-                    openssh::Session::to_raw_command(Arc::clone(&h.session), quote_posix(&argv[0]));
+                    openssh::Session::to_raw_command(h.master().await?, quote_posix(&argv[0]));
                 for a in &argv[1..] {
                     cmd.raw_arg(quote_posix(a));
                 }
@@ -761,7 +829,8 @@ impl Host {
                 ));
                 let _ = std::fs::remove_file(&path);
                 let config = h.config.clone();
-                h.session
+                let session = h.master().await?;
+                session
                     .request_port_forward(
                         openssh::ForwardType::Local,
                         openssh::Socket::from(path.clone()),
@@ -770,7 +839,7 @@ impl Host {
                     .await
                     .map_err(|e| classify_ssh_error(&config, &e.to_string(), &error_chain(&e)))?;
                 Ok(Tunnel::Ssh {
-                    session: Arc::clone(&h.session),
+                    session,
                     path,
                     remote,
                     host: self.label.clone(),

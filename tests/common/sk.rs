@@ -34,6 +34,10 @@ pub fn sk_command(state: &Path, spec: &Path, args: &[&str]) -> Command {
         .arg("--state-dir")
         .arg(state)
         .env_remove("RUST_LOG");
+    // SK_TEST_LOG=spoolkeeper=debug: the binary's log in a failing run's stderr
+    if let Ok(filter) = std::env::var("SK_TEST_LOG") {
+        c.env("RUST_LOG", filter);
+    }
     c
 }
 
