@@ -76,7 +76,10 @@ async fn an_idle_master_is_opened_again() {
     assert!(host.run(&t).await.expect("first command").success());
     // ssh -O check answers "Master running" until the master's idle time is up
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let out = host.run(&t).await.expect("a command after the master's idle time");
+    let out = host
+        .run(&t)
+        .await
+        .expect("a command after the master's idle time");
     assert!(out.success(), "{}", out.stderr_text());
     let AnyHost::Ssh(ssh) = host.transport() else {
         unreachable!()

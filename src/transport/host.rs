@@ -212,6 +212,10 @@ impl SshConfig {
 /// as "the remote process has terminated", which says nothing about the host.
 pub struct SshHost {
     config: SshConfig,
+    state: Arc<MasterState>,
+}
+
+struct MasterState {
     session: std::sync::Mutex<Arc<openssh::Session>>,
     /// When a command last started or ended on this host.
     touched: std::sync::Mutex<Instant>,
@@ -219,6 +223,8 @@ pub struct SshHost {
     reopen: tokio::sync::Mutex<()>,
     /// Masters opened after the first.
     reopened: AtomicU64,
+    /// A command found the master gone: the next one opens it again.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SshHost {
@@ -229,17 +235,19 @@ impl std::fmt::Debug for SshHost {
     }
 }
 
-
 impl SshHost {
     /// Open the control master (strict host key checking, connect timeout, keepalive).
     pub async fn connect(config: SshConfig) -> Result<SshHost, HostError> {
         let s = open_master(&config).await?;
         Ok(SshHost {
             config,
-            session: std::sync::Mutex::new(Arc::new(s)),
-            touched: std::sync::Mutex::new(Instant::now()),
-            reopen: tokio::sync::Mutex::new(()),
-            reopened: AtomicU64::new(0),
+            state: Arc::new(MasterState {
+                session: std::sync::Mutex::new(Arc::new(s)),
+                touched: std::sync::Mutex::new(Instant::now()),
+                reopen: tokio::sync::Mutex::new(()),
+                reopened: AtomicU64::new(0),
+                gone: std::sync::atomic::AtomicBool::new(false),
+            }),
         })
     }
 
@@ -250,46 +258,75 @@ impl SshHost {
 
     /// How many times the master was found gone and opened again.
     pub fn reopened(&self) -> u64 {
-        self.reopened.load(Ordering::Relaxed)
+        self.state.reopened.load(Ordering::Relaxed)
     }
 
     fn current(&self) -> Arc<openssh::Session> {
-        Arc::clone(&self.session.lock().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.state.session.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn touch(&self) {
-        *self.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.state.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     fn idle_for(&self) -> Duration {
-        self.touched
+        self.state.touched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .elapsed()
     }
 
+    /// The typed error of a failed command. ssh's exit code 255 reads "the remote process has
+    /// terminated" whether the command was killed or the connection went away: the master is
+    /// asked which, so that the operator reads a lost connection as one.
+    async fn explain(&self, session: &openssh::Session, e: openssh::Error) -> HostError {
+        explain(&self.config, &self.state, session, e).await
+    }
+
     /// The master to send the next command through: the current one, checked first when the
-    /// host has been idle for [`CHECK_AFTER`], and opened again when the check finds it gone.
+    /// host has been idle for a third of [`SshConfig::master_idle`], and opened again when the check finds it gone.
     async fn master(&self) -> Result<Arc<openssh::Session>, HostError> {
         // a third of the master's idle time: well inside it, so that a slow check never lets
         // a command meet a master that exits under it
         let check_after = self.config.master_idle / 3;
-        if self.idle_for() >= check_after {
-            let _one = self.reopen.lock().await;
+        let due = || self.idle_for() >= check_after || self.state.gone.load(Ordering::SeqCst);
+        if due() {
+            let _one = self.state.reopen.lock().await;
             // another command may have just checked (or reopened) it
-            if self.idle_for() >= check_after {
+            if due() {
                 let cur = self.current();
                 if let Err(e) = cur.check().await {
                     tracing::info!(host = %self.config.host, error = %e, idle_s = self.idle_for().as_secs(), "the ssh master exited while idle: opening it again");
                     let s = open_master(&self.config).await?;
-                    *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
-                    self.reopened.fetch_add(1, Ordering::Relaxed);
+                    *self.state.session.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+                    self.state.reopened.fetch_add(1, Ordering::Relaxed);
                 }
+                self.state.gone.store(false, Ordering::SeqCst);
             }
         }
         self.touch();
         Ok(self.current())
     }
+}
+
+/// See [`SshHost::explain`].
+async fn explain(
+    config: &SshConfig,
+    state: &MasterState,
+    session: &openssh::Session,
+    e: openssh::Error,
+) -> HostError {
+    let mut full = error_chain(&e);
+    if matches!(e, openssh::Error::RemoteProcessTerminated)
+        && let Err(gone) = session.check().await
+    {
+        state.gone.store(true, Ordering::SeqCst);
+        full = format!(
+            "the SSH connection closed during the command ({})",
+            error_chain(&gone)
+        );
+    }
+    classify_ssh_error(config, &e.to_string(), &full)
 }
 
 async fn open_master(config: &SshConfig) -> Result<openssh::Session, HostError> {
@@ -544,9 +581,10 @@ impl Host {
                     cmd.stdin(openssh::Stdio::null());
                     let out = cmd.output().await;
                     h.touch();
-                    let out = out.map_err(|e| {
-                        classify_ssh_error(&h.config, &e.to_string(), &error_chain(&e))
-                    })?;
+                    let out = match out {
+                        Ok(o) => o,
+                        Err(e) => return Err(h.explain(&session, e).await),
+                    };
                     Ok(Output {
                         status: out.status.code(),
                         stdout: out.stdout,
@@ -620,8 +658,10 @@ impl Host {
                 })
             }
             AnyHost::Ssh(h) => {
+                let session = h.master().await?;
+                let state = Arc::clone(&h.state);
                 let mut cmd =
-                    openssh::Session::to_raw_command(h.master().await?, quote_posix(&argv[0]));
+                    openssh::Session::to_raw_command(Arc::clone(&session), quote_posix(&argv[0]));
                 for a in &argv[1..] {
                     cmd.raw_arg(quote_posix(a));
                 }
@@ -652,9 +692,10 @@ impl Host {
                             host: label.clone(),
                             source: e,
                         })?;
-                    let status = child.wait().await.map_err(|e| {
-                        classify_ssh_error(&config, &e.to_string(), &error_chain(&e))
-                    })?;
+                    let status = match child.wait().await {
+                        Ok(s) => s,
+                        Err(e) => return Err(explain(&config, &state, &session, e).await),
+                    };
                     Ok(Output {
                         status: status.code(),
                         stdout: Vec::new(),
