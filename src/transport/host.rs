@@ -270,7 +270,8 @@ impl SshHost {
     }
 
     fn idle_for(&self) -> Duration {
-        self.state.touched
+        self.state
+            .touched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .elapsed()

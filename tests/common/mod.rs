@@ -276,3 +276,24 @@ pub fn exactly_once_ctx(
         "{ctx}: some message is in {user}'s mailbox twice"
     );
 }
+
+/// Whether the long lab sweeps run whole (`SK_LAB_FULL=1`, or `cargo xtask ci --full`); CI
+/// runs a fixed sample of them so that it stays well inside its time.
+pub fn full_sweeps() -> bool {
+    std::env::var_os("SK_LAB_FULL").is_some_and(|v| v == "1")
+}
+
+/// The next kill boundary of a sweep after `k` over plans of `lens` actions: every boundary
+/// with [`full_sweeps`], else a fixed sample: after the first action, in the middle and
+/// before the last of each plan. Returns a value past every plan when none is left.
+pub fn next_boundary(k: usize, lens: &[usize]) -> usize {
+    let end = lens.iter().copied().max().unwrap_or(0);
+    if full_sweeps() {
+        return k + 1;
+    }
+    lens.iter()
+        .flat_map(|&n| [1, n / 2, n.saturating_sub(1)])
+        .filter(|&b| b > k && b >= 1)
+        .min()
+        .unwrap_or(end.max(k + 1))
+}

@@ -3,11 +3,17 @@
 //! Lab tests (real ZFS, Postfix, Dovecot, sshd in network namespaces) need root; they run
 //! one at a time after the unit and integration tests. Set `SK_SKIP_LAB=1` to leave them
 //! out knowingly (the run then says so); without root and without that variable, ci fails.
+//! The long lab sweeps (kills at every action boundary) run a fixed sample of their cases;
+//! `--full` (or `SK_LAB_FULL=1`) runs them whole.
 
 use crate::util::{cargo, is_root, run};
 
-pub fn main(no_lab: bool) -> Result<(), String> {
+pub fn main(no_lab: bool, full: bool) -> Result<(), String> {
     let cargo = cargo();
+    if full {
+        // SAFETY: set before any thread of ours starts; the test processes inherit it
+        unsafe { std::env::set_var("SK_LAB_FULL", "1") };
+    }
     let skip_lab = std::env::var("SK_SKIP_LAB").is_ok_and(|v| v == "1") || no_lab;
     run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
     run(

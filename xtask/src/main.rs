@@ -48,6 +48,10 @@ enum Task {
         /// Leave out the lab tests (also: SK_SKIP_LAB=1).
         #[arg(long)]
         no_lab: bool,
+        /// Run the long lab sweeps whole (every kill boundary), not CI's fixed sample (also:
+        /// SK_LAB_FULL=1).
+        #[arg(long)]
+        full: bool,
     },
 }
 
@@ -179,7 +183,7 @@ fn main() -> ExitCode {
         Task::Simulate { args } => simulate(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(lab::Error::new),
-        Task::Ci { no_lab } => ci::main(no_lab)
+        Task::Ci { no_lab, full } => ci::main(no_lab, full)
             .map(|()| ExitCode::SUCCESS)
             .map_err(lab::Error::new),
     };
