@@ -726,9 +726,13 @@ impl Host {
         argv: &[String],
         mut each: impl FnMut(&str) + Send,
     ) -> Result<Output, HostError> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        use tokio::io::AsyncBufReadExt;
         let mut sp = self.spawn(argv).await?;
-        let _ = sp.stdin.shutdown().await;
+        // dropped, not shut down: a child's stdin pipe closes only when dropped
+        drop(std::mem::replace(
+            &mut sp.stdin,
+            Box::pin(tokio::io::sink()),
+        ));
         let stdout = std::mem::replace(&mut sp.stdout, Box::pin(tokio::io::empty()));
         // stdout is read while `wait` drains stderr and waits for the exit: a command that
         // fills the stderr pipe before its last line would otherwise stall
@@ -1120,6 +1124,22 @@ mod stdin_tests {
     /// A streamed listing is read line by line while its stderr is drained beside it: a
     /// command that writes more to stderr than a pipe holds before its last line (showq's
     /// warnings about unreadable queue files) must not stall into the idle timeout.
+    #[tokio::test]
+    async fn a_streamed_command_reads_a_closed_stdin() {
+        // `cat` ends at the end of its input: with the pipe left open it would stall into the
+        // idle timeout
+        let trips = RoundTrips::default();
+        let h = Host::new("local", AnyHost::Local(LocalHost), &trips)
+            .with_timeout(Duration::from_secs(10));
+        let mut n = 0;
+        let out = h
+            .stream_lines(&["cat".to_string()], |_| n += 1)
+            .await
+            .expect("cat ends once its stdin is closed");
+        assert!(out.success());
+        assert_eq!(n, 0);
+    }
+
     #[tokio::test]
     async fn streamed_lines_arrive_in_order_beside_much_stderr() {
         let trips = RoundTrips::default();

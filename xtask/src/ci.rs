@@ -6,7 +6,9 @@
 //! The long lab sweeps (kills at every action boundary) run a fixed sample of their cases;
 //! `--full` (or `SK_LAB_FULL=1`) runs them whole.
 
-use crate::util::{cargo, is_root, run};
+use std::time::Instant;
+
+use crate::util::{cargo, is_root, root, run};
 
 pub fn main(no_lab: bool, full: bool) -> Result<(), String> {
     let cargo = cargo();
@@ -46,10 +48,11 @@ pub fn main(no_lab: bool, full: bool) -> Result<(), String> {
             "200",
         ],
     )?;
+    // type-checked, not linked: its own workspace would rebuild every dependency in full
     run(
-        "fuzz target builds",
+        "fuzz target compiles",
         &cargo,
-        &["build", "--manifest-path", "xtask/fuzz/Cargo.toml"],
+        &["check", "--manifest-path", "xtask/fuzz/Cargo.toml"],
     )?;
     if skip_lab {
         eprintln!("==> lab tests: SKIPPED (SK_SKIP_LAB=1 or --no-lab)");
@@ -66,19 +69,87 @@ pub fn main(no_lab: bool, full: bool) -> Result<(), String> {
     eprintln!("==> lab packages and a trial run: lab up, lab down");
     xtask::lab::up().map_err(|e| format!("lab up: {e}"))?;
     xtask::lab::down().map_err(|e| format!("lab down: {e}"))?;
-    // Every ignored test needs root and real components: the lab tests (tests/lab_*.rs)
-    // and the real-Postfix SMTP test. One at a time: they share the lab.
+    // The ignored tests of the crates themselves need root and real programs (Postfix's
+    // postmap, tcsh, a real Postfix for SMTP).
     run(
-        "lab and root tests",
+        "root tests of the crates",
         &cargo,
-        // every lab test file runs even when an earlier one fails: one CI run shows them all
         &[
             "test",
             "--workspace",
-            "--no-fail-fast",
+            "--lib",
+            "--bins",
             "--",
             "--ignored",
             "--test-threads=1",
         ],
-    )
+    )?;
+    lab_tests(&cargo, full)
+}
+
+/// Lab test files that only `--full` runs: long soaks whose every guarantee a CI lab test or
+/// the simulator also checks. None today; a file named here is reported as left out.
+const FULL_ONLY: &[&str] = &[];
+
+/// Every `tests/lab_*.rs`, one cargo run each (they share the lab: one at a time), each
+/// timed; every file runs even when an earlier one fails, and the end lists them all.
+fn lab_tests(cargo: &str, full: bool) -> Result<(), String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("tests"))
+        .map_err(|e| format!("cannot list tests/: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".rs").map(str::to_owned))
+        .filter(|n| n.starts_with("lab_"))
+        .collect();
+    files.sort();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for f in &files {
+        if !full && FULL_ONLY.contains(&f.as_str()) {
+            rows.push((f.clone(), None, "left out (--full runs it)"));
+            continue;
+        }
+        let t = Instant::now();
+        let ok = run(
+            &format!("lab test {f}"),
+            cargo,
+            &[
+                "test",
+                "--package",
+                "spoolkeeper",
+                "--test",
+                f,
+                "--",
+                "--ignored",
+                "--test-threads=1",
+            ],
+        )
+        .is_ok();
+        rows.push((
+            f.clone(),
+            Some(t.elapsed()),
+            if ok { "ok" } else { "FAILED" },
+        ));
+    }
+    eprintln!(
+        "==> lab tests: {} files in {:.0} s",
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (f, took, what) in &rows {
+        match took {
+            Some(d) => eprintln!("    {f:<20} {:>6.0} s  {what}", d.as_secs_f64()),
+            None => eprintln!("    {f:<20} {:>8}  {what}", "-"),
+        }
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.2 == "FAILED")
+        .map(|r| r.0.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("lab tests failed: {}", failed.join(", ")))
+    }
 }
