@@ -283,17 +283,22 @@ pub fn full_sweeps() -> bool {
     std::env::var_os("SK_LAB_FULL").is_some_and(|v| v == "1")
 }
 
+/// The first kill boundary of a sweep over a plan of `n` actions: see [`next_boundary`].
+pub fn first_boundary(n: usize) -> usize {
+    if full_sweeps() { 1 } else { (n / 2).max(1) }
+}
+
 /// The next kill boundary of a sweep after `k` over plans of `lens` actions: every boundary
-/// with [`full_sweeps`], else a fixed sample: after the first action, in the middle and
-/// before the last of each plan. Returns a value past every plan when none is left.
+/// with [`full_sweeps`], else a fixed sample: the middle of each plan (the simulator kills at
+/// every boundary of every plan it makes). Returns a value past every plan when none is left.
 pub fn next_boundary(k: usize, lens: &[usize]) -> usize {
     let end = lens.iter().copied().max().unwrap_or(0);
     if full_sweeps() {
         return k + 1;
     }
     lens.iter()
-        .flat_map(|&n| [1, n / 2, n.saturating_sub(1)])
-        .filter(|&b| b > k && b >= 1)
+        .map(|&n| (n / 2).max(1))
+        .filter(|&b| b > k)
         .min()
         .unwrap_or(end.max(k + 1))
 }
