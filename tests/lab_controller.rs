@@ -21,14 +21,31 @@ const USER: &str = "ctl@students.lab";
 
 /// The lab spec with second-scale schedules, in `dir/lab.yaml` (the watched directory).
 fn fast_spec(dir: &Path, active: &str) -> PathBuf {
+    spec_every(dir, active, "10s", "20s")
+}
+
+/// The lab spec with `active`, snapshots every `snap` and replication every `repl` (RPO
+/// 1m, purge margin 5s). A controller converges (a turn with nothing to do) only when a
+/// snapshot turn and the replication turn after it fit inside `snap`: on this 2-core
+/// machine the pair takes about 17 s, so the 10 s schedule keeps the controller busy
+/// for good and a test that waits for convergence uses 30 s.
+fn spec_every(dir: &Path, active: &str, snap: &str, repl: &str) -> PathBuf {
     let text = std::fs::read_to_string(lab_spec())
         .unwrap()
         .replace("active: node-a", &format!("active: {active}"))
-        .replace("    every: 1m\n    keep:", "    every: 10s\n    keep:")
-        .replace("    every: 1m\n    rpo: 10m", "    every: 20s\n    rpo: 1m")
+        .replace(
+            "    every: 1m\n    keep:",
+            &format!("    every: {snap}\n    keep:"),
+        )
+        .replace(
+            "    every: 1m\n    rpo: 10m",
+            &format!("    every: {repl}\n    rpo: 1m"),
+        )
         .replace("    margin: 1m", "    margin: 5s");
     assert!(
-        text.contains("every: 10s") && text.contains("every: 20s") && text.contains("margin: 5s")
+        text.contains(&format!("every: {snap}"))
+            && text.contains(&format!("every: {repl}"))
+            && text.contains("margin: 5s")
     );
     let p = dir.join("lab.yaml");
     // written as an editor would: a temporary file renamed over the old one
@@ -36,6 +53,22 @@ fn fast_spec(dir: &Path, active: &str) -> PathBuf {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &p).unwrap();
     p
+}
+
+/// What a controller's turns ended with (one line each), then the end of its log: the
+/// failure message of a test that waited for a turn.
+fn turns_and_tail(log: &str) -> String {
+    let turns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reconcile done"))
+        .collect();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    format!(
+        "{} turns:\n{}\n--- the last 80 lines of the log:\n{tail}",
+        turns.len(),
+        turns.join("\n")
+    )
 }
 
 /// A free local port for the metrics server.
@@ -239,7 +272,8 @@ fn the_controller_keeps_the_schedule_and_its_metrics_agree_with_status() {
     let specs = dir.path().join("specs");
     std::fs::create_dir(&specs).unwrap();
     let state = dir.path().join("state");
-    let spec = fast_spec(&specs, "node-a");
+    // converged first on a schedule a turn pair fits in, then the fast one
+    spec_every(&specs, "node-a", "30s", "30s");
     let ctl = Ctl::start(&state, &specs, "ctl");
     // converged: the first reconcile brings the lab to the spec
     assert!(
@@ -249,6 +283,16 @@ fn the_controller_keeps_the_schedule_and_its_metrics_agree_with_status() {
         })
         .is_some(),
         "never converged:\n{}",
+        turns_and_tail(&ctl.log())
+    );
+    let spec = fast_spec(&specs, "node-a");
+    assert!(
+        eventually(Duration::from_secs(30), || ctl
+            .log()
+            .contains("spec changed")
+            .then_some(()))
+        .is_some(),
+        "the fast schedule was not loaded:\n{}",
         ctl.log()
     );
 
@@ -428,7 +472,7 @@ fn an_active_edit_switches_over_and_stops_are_clean() {
     let specs = dir.path().join("specs");
     std::fs::create_dir(&specs).unwrap();
     let state = dir.path().join("state");
-    fast_spec(&specs, "node-a");
+    spec_every(&specs, "node-a", "30s", "30s");
     let ctl = Ctl::start(&state, &specs, "ctl");
     assert!(
         eventually(Duration::from_secs(120), || {
@@ -436,13 +480,13 @@ fn an_active_edit_switches_over_and_stops_are_clean() {
         })
         .is_some(),
         "never converged:\n{}",
-        ctl.log()
+        turns_and_tail(&ctl.log())
     );
 
     // --- the one-line edit under load: the watcher sees it, the switchover loses nothing
     let load = Load::start("students", USER, 200, 5, "180s");
     std::thread::sleep(Duration::from_secs(10));
-    fast_spec(&specs, "node-b");
+    spec_every(&specs, "node-b", "30s", "30s");
     let accepted: BTreeSet<String> = load.accepted().into_iter().collect();
     assert!(accepted.len() >= 150, "only {} accepted", accepted.len());
     let switched = eventually(Duration::from_secs(120), || {
@@ -537,7 +581,7 @@ fn an_active_edit_switches_over_and_stops_are_clean() {
     assert!(
         converged.is_some(),
         "no convergence after kill -9:\n{}",
-        ctl.log()
+        turns_and_tail(&ctl.log())
     );
     assert_eq!(ctl.stop(), Some(0));
 }
@@ -550,7 +594,8 @@ fn a_cut_node_grows_the_backoff_and_controllers_never_act_at_once() {
     let specs = dir.path().join("specs");
     std::fs::create_dir(&specs).unwrap();
     let state = dir.path().join("state");
-    fast_spec(&specs, "node-a");
+    // converged first on a schedule a turn pair fits in, then the fast one
+    spec_every(&specs, "node-a", "30s", "30s");
     let ctl = Ctl::start(&state, &specs, "ctl");
     assert!(
         eventually(Duration::from_secs(120), || {
@@ -558,6 +603,16 @@ fn a_cut_node_grows_the_backoff_and_controllers_never_act_at_once() {
         })
         .is_some(),
         "never converged:\n{}",
+        turns_and_tail(&ctl.log())
+    );
+    fast_spec(&specs, "node-a");
+    assert!(
+        eventually(Duration::from_secs(30), || ctl
+            .log()
+            .contains("spec changed")
+            .then_some(()))
+        .is_some(),
+        "the fast schedule was not loaded:\n{}",
         ctl.log()
     );
 

@@ -350,12 +350,28 @@ impl<'c> ClusterLock<'c> {
             hosts: Vec::new(),
             lost: AtomicBool::new(false),
         };
-        for h in hosts {
-            if let Err(e) = take_one(h, cluster, &me, force).await {
-                taken.release().await;
-                return Err(e);
-            }
+        // The first host in spec order alone, then the others together: two takers meet on
+        // the first host and one gives up before touching the others (all or nothing
+        // either way), and a turn waits for one round of lock commands, not one per host.
+        let mut first = None;
+        let (head, rest) = hosts.split_at(1);
+        for h in head {
+            take_one(h, cluster, &me, force).await?;
             taken.hosts.push(h);
+        }
+        let results =
+            futures::future::join_all(rest.iter().map(|h| take_one(h, cluster, &me, force))).await;
+        for (h, r) in rest.iter().zip(results) {
+            match r {
+                Ok(()) => taken.hosts.push(h),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first {
+            taken.release().await;
+            return Err(e);
         }
         Ok(taken)
     }
@@ -369,8 +385,14 @@ impl<'c> ClusterLock<'c> {
     /// overwrites a takeover). A lock that is not ours any more marks the lock lost.
     pub async fn renew(&self) {
         let renewed = self.me.renewed(jiff::Timestamp::now());
-        for h in &self.hosts {
-            match renew_one(h, &self.cluster, &self.me, &renewed).await {
+        let results = futures::future::join_all(
+            self.hosts
+                .iter()
+                .map(|h| renew_one(h, &self.cluster, &self.me, &renewed)),
+        )
+        .await;
+        for (h, r) in self.hosts.iter().zip(results) {
+            match r {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::error!(host = %h.label(), "the cluster lock was taken over: no further action starts");
@@ -396,14 +418,15 @@ impl<'c> ClusterLock<'c> {
 
     /// Release the lock where it is still ours.
     pub async fn release(&self) {
-        for h in &self.hosts {
+        futures::future::join_all(self.hosts.iter().map(|h| async move {
             let ours = read_holder(h, &lock::read_argv(&self.cluster))
                 .await
                 .is_some_and(|(_, holder)| holder.is_some_and(|x| x.same(&self.me)));
             if ours {
                 let _ = h.run(&lock::release_argv(&self.cluster)).await;
             }
-        }
+        }))
+        .await;
     }
 }
 
