@@ -400,3 +400,74 @@ fn a_purge_deletes_only_copies_the_replica_holds() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs the lab (root): run by cargo xtask ci"]
+fn an_owed_replay_waits_for_the_copies_still_queued_on_the_spool() {
+    // simulator seed 1472: the copies of mail accepted while the archive host was away wait in
+    // the spool's queue; a replay that read the archive before they reached it found nothing,
+    // its debt was cleared, and the mail (in a copy since rolled back) was lost
+    let _lab = common::Lab::fresh();
+    let state = tempfile::tempdir().expect("tempdir");
+    apply(state.path());
+    let user = fresh_user("owed");
+    let ds = "zdata/imap/students";
+    let name = format!(
+        "owedtest-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let snap = format!("{ds}@{name}");
+    exec("node-a", &["zfs", "snapshot", &snap]);
+
+    // accepted and delivered while the archive host is cut: the copies wait in node-a's queue
+    lab_ok(&["cut", "smtp-arch"]);
+    let after = send(&user, 3);
+    wait_for("delivery while the archive host is cut", || {
+        let m = imap(&user);
+        after.iter().all(|i| m.get(i) == Some(&1)).then_some(())
+    });
+    // the copy that served them is rolled back (a resync would), and a replay from the
+    // snapshot is owed, as a failover records it
+    let sk = "/var/lib/sk-lab/bin/sk-instance";
+    exec("node-a", &[sk, "stop", "students"]);
+    exec("node-a", &["zfs", "rollback", "-r", &snap]);
+    exec("node-a", &[sk, "start", "students"]);
+    let lost = imap(&user);
+    assert!(
+        after.iter().all(|i| !lost.contains_key(i)),
+        "no loss simulated: {lost:?}"
+    );
+    exec(
+        "node-a",
+        &["zfs", "set", &format!("spoolkeeper:replay={name}"), ds],
+    );
+    lab_ok(&["heal", "smtp-arch"]);
+
+    // the plan flushes node-a's queue and waits for those copies before the replay reads the
+    // archive; the replay then brings every message back, once, and the debt is cleared
+    let out = apply_spec(state.path(), &root().join("examples/lab.yaml"));
+    let all = wait_for("the replayed messages in the mailbox", || {
+        let m = imap(&user);
+        after.iter().all(|i| m.contains_key(i)).then_some(m)
+    });
+    assert!(
+        out.contains("reached the archive host"),
+        "no wait for the queued copies in the plan:\n{out}"
+    );
+    for i in &after {
+        assert_eq!(all.get(i), Some(&1), "{i} in the mailbox: {all:?}");
+    }
+    let owed = exec(
+        "node-a",
+        &["zfs", "get", "-H", "-o", "value", "spoolkeeper:replay", ds],
+    );
+    assert_eq!(
+        owed.trim(),
+        "-",
+        "the replay is still owed after it completed"
+    );
+    let _ = lab(&["exec", "node-a", "--", "zfs", "destroy", &snap]);
+}

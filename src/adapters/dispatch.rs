@@ -87,7 +87,9 @@ fn node_commands(spec: &Spec, a: &Action) -> Result<Vec<Vec<String>>, String> {
         ActionKind::DropQueued { .. } => {
             vec![postfix_cmd::postsuper_delete_queued_argv()]
         }
-        ActionKind::WaitDelivered { .. } => vec![postfix::postqueue_argv()],
+        ActionKind::WaitDelivered { .. } | ActionKind::WaitArchived { .. } => {
+            vec![postfix::postqueue_argv()]
+        }
         ActionKind::Fence { node: fenced } => {
             let f = spec
                 .spec

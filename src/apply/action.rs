@@ -156,6 +156,31 @@ async fn run_commands(
             .unwrap_or_else(crate::adapters::postfix::postqueue_argv);
         return wait_delivered(host_of(conns, &a.host)?, &argv, instance, domains).await;
     }
+    if let ActionKind::WaitArchived {
+        instance,
+        queue_ids,
+    } = &a.kind
+    {
+        let argv = commands(spec, a)
+            .map_err(ActionError::Spec)?
+            .into_iter()
+            .next()
+            .unwrap_or_else(crate::adapters::postfix::postqueue_argv);
+        let domain = spec
+            .spec
+            .archive
+            .as_ref()
+            .map(|x| x.address.archive_domain().to_owned())
+            .ok_or_else(|| ActionError::Spec("no archive in the spec".into()))?;
+        return wait_archived(
+            host_of(conns, &a.host)?,
+            &argv,
+            instance,
+            &domain,
+            queue_ids,
+        )
+        .await;
+    }
     let host = host_of(conns, &a.host)?;
     let stdin = dispatch::stdin_of(a).map_err(ActionError::Spec)?;
     for argv in commands(spec, a).map_err(ActionError::Spec)? {
@@ -212,6 +237,63 @@ async fn wait_delivered(
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// Poll the host's queue until none of `ids` still holds a recipient at the archive domain
+/// (gone from the queue, or only other recipients left): those archive copies reached the
+/// archive host. Copies accepted after the plan was made do not count, so a busy spool
+/// never holds the wait up.
+async fn wait_archived(
+    host: &Host,
+    argv: &[String],
+    instance: &str,
+    archive_domain: &str,
+    ids: &[crate::model::QueueId],
+) -> Result<(), ActionError> {
+    let until = std::time::Instant::now() + WAIT_DELIVERED;
+    loop {
+        let out = host
+            .run(argv)
+            .await
+            .map_err(|e| ActionError::transport(host.label(), &e))?;
+        if !out.success() {
+            return Err(exit_error(host, argv, &out));
+        }
+        let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
+            .map_err(|e| format!("postqueue -j on {}: {e}", host.label()))?;
+        let pending = still_archiving(&queue, archive_domain, ids);
+        if pending == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(ActionError::StillQueued {
+                host: host.label().to_owned(),
+                instance: format!("{instance} (archive copies)"),
+                pending,
+                secs: WAIT_DELIVERED.as_secs(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// How many of `ids` still hold a recipient at `archive_domain` in `queue`.
+fn still_archiving(
+    queue: &[crate::model::QueueEntry],
+    archive_domain: &str,
+    ids: &[crate::model::QueueId],
+) -> usize {
+    queue
+        .iter()
+        .filter(|e| ids.contains(&e.queue_id))
+        .filter(|e| {
+            e.recipients.iter().any(|r| {
+                r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(archive_domain))
+            })
+        })
+        .count()
 }
 
 /// `tokio::io::copy` that reports the bytes to `apply::progress` under `id`.
@@ -345,6 +427,53 @@ mod tests {
 
     fn local(label: &str, trips: &RoundTrips) -> Host {
         Host::new(label, AnyHost::Local(LocalHost), trips)
+    }
+
+    #[test]
+    fn only_the_observed_copies_still_at_the_archive_domain_hold_a_replay_up() {
+        let q = crate::adapters::postfix::parse_postqueue(concat!(
+            r#"{"queue_name":"deferred","queue_id":"Q1","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"u=s.lab@Archive.Lab"},{"address":"u@s.lab"}]}"#,
+            "\n",
+            r#"{"queue_name":"active","queue_id":"Q2","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"u@s.lab"}]}"#,
+            "\n",
+            r#"{"queue_name":"incoming","queue_id":"Q9","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"v=s.lab@archive.lab"}]}"#,
+            "\n",
+        ))
+        .unwrap();
+        let ids = |v: &[&str]| {
+            v.iter()
+                .map(|s| crate::model::QueueId::from(*s))
+                .collect::<Vec<_>>()
+        };
+        // Q1 still holds its archive recipient (domain matched without case)
+        assert_eq!(
+            still_archiving(&q, "archive.lab", &ids(&["Q1", "Q2", "Q5"])),
+            1
+        );
+        // Q2 has only its local delivery left, Q5 left the queue, Q9 came after the plan
+        assert_eq!(still_archiving(&q, "archive.lab", &ids(&["Q2", "Q5"])), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_copies_that_left_the_queue_ends_at_once() {
+        let trips = RoundTrips::default();
+        let h = local("spool", &trips);
+        let listing = r#"{"queue_name":"deferred","queue_id":"Q2","arrival_time":1,"message_size":2,"sender":"a@b","recipients":[{"address":"u@s.lab"}]}"#;
+        let argv = vec![
+            "printf".to_string(),
+            "%s\\n".to_string(),
+            listing.to_string(),
+        ];
+        wait_archived(&h, &argv, "students", "archive.lab", &["Q1".into()])
+            .await
+            .unwrap();
+        // a listing that is not postqueue's is an error, never "nothing queued"
+        let argv = vec!["printf".to_string(), "not json\\n".to_string()];
+        assert!(
+            wait_archived(&h, &argv, "students", "archive.lab", &["Q1".into()])
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -161,6 +161,14 @@ pub enum ActionKind {
     },
     /// `postqueue -f`: a returning node hands its queued archive copies to the archive host.
     FlushQueue,
+    /// Poll the node's queue (`postqueue -j`) until none of `queue_ids` still holds an
+    /// archive copy of the instance (they reached the archive host): a replay reads the
+    /// archive only after. Fails after a minute (the archive host is away): the replay that
+    /// depends on it is not attempted and stays owed.
+    WaitArchived {
+        instance: String,
+        queue_ids: Vec<crate::model::QueueId>,
+    },
     /// Delete held copies from the archive host's hold queue (`postsuper -d - hold`): only
     /// copies proven to be in the replica (before the watermark minus the margin).
     PurgeArchive {
@@ -239,6 +247,7 @@ impl ActionKind {
             ActionKind::DropQueued { .. } => "drop_queued",
             ActionKind::WaitDelivered { .. } => "wait_delivered",
             ActionKind::FlushQueue => "flush_queue",
+            ActionKind::WaitArchived { .. } => "wait_archived",
             ActionKind::Replicate { .. } => "replicate",
             ActionKind::Hold { .. } => "hold",
             ActionKind::Release { .. } => "release",
@@ -262,7 +271,8 @@ impl ActionKind {
             | ActionKind::SetUserProperty { .. }
             | ActionKind::RenameDataset { .. }
             | ActionKind::FlushQueue
-            | ActionKind::WaitDelivered { .. } => Effect::Change,
+            | ActionKind::WaitDelivered { .. }
+            | ActionKind::WaitArchived { .. } => Effect::Change,
             ActionKind::Fence { .. }
             | ActionKind::Rollback { .. }
             | ActionKind::AbortReceive { .. } => Effect::Remove,
@@ -407,6 +417,13 @@ impl ActionKind {
                 if queue_ids.len() == 1 { "y" } else { "ies" }
             ),
             ActionKind::FlushQueue => "flush the Postfix queue (postqueue -f)".into(),
+            ActionKind::WaitArchived {
+                instance,
+                queue_ids,
+            } => format!(
+                "wait until {} queued archive copie(s) of {instance} reached the archive host",
+                queue_ids.len()
+            ),
             ActionKind::PurgeArchive {
                 instance,
                 queue_ids,
@@ -512,7 +529,8 @@ impl Action {
             ActionKind::PurgeArchive { instance, .. }
             | ActionKind::ArchRestore { instance, .. }
             | ActionKind::DropQueued { instance, .. }
-            | ActionKind::WaitDelivered { instance, .. } => instance.clone(),
+            | ActionKind::WaitDelivered { instance, .. }
+            | ActionKind::WaitArchived { instance, .. } => instance.clone(),
             ActionKind::Fence { node } | ActionKind::ForgetFence { node } => node.clone(),
             ActionKind::VerifyGuid {
                 target_dataset,
@@ -754,6 +772,10 @@ impl Action {
                     },
                     Read,
                 ),
+            ],
+            ActionKind::WaitArchived { .. } => vec![
+                (Object::Queue(self.host.clone(), self.mail.clone()), Read),
+                (Object::ArchiveHold, Read),
             ],
             ActionKind::PurgeArchive { .. } => vec![(Object::ArchiveHold, Write)],
         }

@@ -141,7 +141,8 @@ pub fn apply(obs: &mut Observation, a: &Action) {
         | ActionKind::ForgetFence { .. }
         | ActionKind::VerifyGuid { .. }
         | ActionKind::ArchRestore { .. }
-        | ActionKind::FlushQueue => {}
+        | ActionKind::FlushQueue
+        | ActionKind::WaitArchived { .. } => {}
         ActionKind::Rollback {
             dataset, snapshot, ..
         } => {

@@ -426,6 +426,61 @@ impl Planner<'_> {
         for a in after {
             self.plan.edge(*a, restore);
         }
+        // Archive copies of the instance still in a reachable spool's queue (accepted while
+        // the archive host was down or cut, by whichever copy served then) are not on the
+        // archive yet: a replay that read it now would miss them, clear the debt, and their
+        // originals (in a copy since rolled back) would be lost. Each such queue is flushed
+        // and the replay waits until those copies left it; if they cannot (the archive host
+        // is still away), the replay is not attempted and stays owed.
+        // (With the archive host unreachable the replay fails at once and stays owed: no
+        // wait is planned.)
+        let archive_up = self
+            .obs
+            .archive
+            .as_ref()
+            .is_some_and(|a| a.reachability.is_reachable());
+        let queued = self
+            .spec
+            .spec
+            .instances
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .filter(|_| archive_up)
+            .map(|(_, inst)| self.queued_archive_copies(name, inst))
+            .unwrap_or_default();
+        for (n, ids) in queued {
+            let mail = self.own_mail(name);
+            let flush_id = format!("{n}:flush_queue:queue");
+            let flush = match self.plan.id_of(&flush_id) {
+                Some(f) => f,
+                None => self.plan.add(
+                    Action::new(
+                        Target::Node(n.to_string()),
+                        ActionKind::FlushQueue,
+                        format!(
+                            "{} archive copie(s) of {name} wait in {n}'s queue: hand them to the archive host before the replay reads it",
+                            ids.len()
+                        ),
+                    )
+                    .in_mail(mail.clone()),
+                ),
+            };
+            let wait = self.plan.add(
+                Action::new(
+                    Target::Node(n.to_string()),
+                    ActionKind::WaitArchived {
+                        instance: name.into(),
+                        queue_ids: ids,
+                    },
+                    format!(
+                        "the replay into {active} reads the archive host: the copies queued on {n} must be there first"
+                    ),
+                )
+                .in_mail(mail),
+            );
+            self.plan.edge(flush, wait);
+            self.plan.edge(wait, restore);
+        }
         let clear = self.plan.add(Action::new(
             Target::Node(active.to_string()),
             ActionKind::SetUserProperty {

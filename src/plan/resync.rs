@@ -238,6 +238,42 @@ impl Planner<'_> {
             .collect()
     }
 
+    /// Reachable nodes whose Postfix queue (the one that accepts `name`'s mail there) holds
+    /// archive copies of `inst`'s mail not yet handed to the archive host, with their queue
+    /// ids: the entries with a recipient that the archive address template decodes to one
+    /// of the instance's domains.
+    pub(super) fn queued_archive_copies(
+        &self,
+        name: &str,
+        inst: &Instance,
+    ) -> Vec<(NodeName, Vec<crate::model::QueueId>)> {
+        let Some(archive) = self.spec.spec.archive.as_ref() else {
+            return Vec::new();
+        };
+        let ours = |addr: &str| {
+            archive
+                .address
+                .decode(addr)
+                .is_some_and(|(_, d)| inst.domains.iter().any(|x| x.eq_ignore_ascii_case(&d)))
+        };
+        self.spec
+            .spec
+            .nodes
+            .keys()
+            .filter(|n| self.reachable(n))
+            .filter_map(|n| {
+                let p = self.postfix_for(n, name)?;
+                let ids: Vec<crate::model::QueueId> = p
+                    .queue
+                    .iter()
+                    .filter(|e| e.recipients.iter().any(|r| ours(&r.address)))
+                    .map(|e| e.queue_id.clone())
+                    .collect();
+                (!ids.is_empty()).then(|| (n.clone(), ids))
+            })
+            .collect()
+    }
+
     /// A node that does not serve the instance but still queues deliveries of it (it served
     /// before, or it was started by hand): its archive copies are handed to the archive host,
     /// the archive is replayed into the serving node, then those deliveries are deleted, so

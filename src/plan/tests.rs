@@ -1495,6 +1495,86 @@ fn deliveries_queued_on_a_promoted_replica_are_replaced_by_a_replay_of_every_hel
     );
 }
 
+#[test]
+fn an_owed_replay_waits_for_the_archive_copies_still_queued_on_a_reachable_spool() {
+    // simulator seed 1472: copies accepted while the archive host was down wait in a
+    // spool's queue; a replay that read the archive before they got there cleared the debt
+    // and their originals (in a copy since rolled back) were lost
+    let mut text = SPEC.replace("active: node-a", "active: node-b");
+    text.push_str("  fenced: [node-a, node-c]\n");
+    text.push_str(
+        "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
+    );
+    let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
+    let entry = |id: &str, rcpt: &str| crate::model::QueueEntry {
+        queue_name: "deferred".into(),
+        queue_id: id.into(),
+        arrival_time: now(),
+        message_size: 1,
+        forced_expire: false,
+        sender: "s@x.org".into(),
+        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
+    };
+    let observed = |archive_up: bool| {
+        let mut o = lost_active(false);
+        o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
+            settings: BTreeMap::new(),
+            queue: vec![
+                entry("Q2", "u1=students.lab@archive.lab"),
+                // another instance's copy, and outside mail: not this replay's business
+                entry("Q3", "u1=other.lab@archive.lab"),
+                entry("Q4", "x@elsewhere.org"),
+            ],
+            files: BTreeMap::new(),
+        });
+        o.archive = Some(crate::model::ArchiveObservation {
+            reachability: if archive_up {
+                Reachability::Reachable
+            } else {
+                Reachability::Unreachable {
+                    kind: crate::model::UnreachableKind::Timeout,
+                    message: "no answer".into(),
+                }
+            },
+            capabilities: Capabilities::default(),
+            postfix: None,
+            errors: vec![],
+        });
+        o
+    };
+    let p = plan(&s, &observed(true), now(), &converged_ctx());
+    let text = render::text(&p, Some(&s));
+    assert!(p.check(&s).is_empty(), "{:?}", p.check(&s));
+    let id = |k: &str| p.id_of(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    let wait = id("node-b:wait_archived:students");
+    assert!(
+        matches!(&p.graph[wait].kind, ActionKind::WaitArchived { queue_ids, .. } if queue_ids == &["Q2".to_string()]),
+        "{text}"
+    );
+    let restore = id("controller:arch_restore:students");
+    let path = |a, b| petgraph::algo::has_path_connecting(&p.graph, a, b, None);
+    assert!(path(id("node-b:flush_queue:queue"), wait), "{text}");
+    assert!(path(wait, restore), "{text}");
+    // the debt is cleared only after the replay, so after the wait
+    let clear = p
+        .graph
+        .node_indices()
+        .find(|i| {
+            p.graph[*i]
+                .id
+                .ends_with("zdata/imap/students:spoolkeeper:replay:clear")
+        })
+        .unwrap_or_else(|| panic!("no clear in\n{text}"));
+    assert!(path(wait, clear), "{text}");
+    // the archive host away: the replay fails at once and stays owed, no minute of waiting
+    let p = plan(&s, &observed(false), now(), &converged_ctx());
+    assert!(
+        p.id_of("node-b:wait_archived:students").is_none(),
+        "{}",
+        render::text(&p, Some(&s))
+    );
+}
+
 fn scratch_clone(
     name: &str,
     origin: &str,

@@ -432,6 +432,20 @@ pub fn run(
             w.deliver(spec, &node, false, true);
             Ok(())
         }
+        ActionKind::WaitArchived { queue_ids, .. } => {
+            node_host(w, &node)?;
+            // Postfix keeps trying the archive host while spoolkeeper waits
+            w.deliver(spec, &node, false, true);
+            let left = node_host(w, &node)?
+                .queue
+                .iter()
+                .filter(|e| queue_ids.iter().any(|q| *q == e.qid) && !e.archive.is_empty())
+                .count();
+            if left > 0 {
+                return Err(format!("{left} archive copie(s) still queued after 60s"));
+            }
+            Ok(())
+        }
         ActionKind::PurgeArchive { queue_ids, .. } => {
             if !w.archive.reachable() {
                 return Err("archive: no answer within 5s".into());
