@@ -320,6 +320,10 @@ impl Planner<'_> {
         if !always && stale.is_empty() {
             return Some(None);
         }
+        // From here a replay is due: the held copies of those messages may be the only ones
+        // (their deliveries are stale), so no purge until it is made (simulator seed 12965: a
+        // purge ran while the replay waited for the queue, and the message was lost).
+        self.replay_owed.insert(name.to_owned());
         let pending_copies = queue
             .iter()
             .filter(|e| always || ours(e))

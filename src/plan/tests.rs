@@ -2063,8 +2063,9 @@ proptest! {
     }
 }
 
-#[test]
-fn a_large_archive_purge_is_planned_in_ordered_batches_of_every_provable_copy() {
+/// A converged cluster whose archive holds `2 * PURGE_BATCH + 1` provable copies of students,
+/// one too fresh and one of staff: the purge test's setup.
+fn purgeable_archive() -> (Spec, Observation, Context) {
     use crate::model::{ArchiveObservation, QueueEntry, QueueRecipient};
     let mut text = SPEC.to_owned();
     text.push_str(
@@ -2121,6 +2122,68 @@ fn a_large_archive_purge_is_planned_in_ordered_batches_of_every_provable_copy() 
         Context::backlog_key("zdata/imap/students", BASE),
         crate::decide::archive::SpoolBacklog::Empty,
     );
+    (s, o, ctx)
+}
+
+#[test]
+fn no_purge_while_a_passive_queue_waits_to_be_handed_over() {
+    // simulator seed 12965: node-b (started by hand on the replica) queued a delivery it could
+    // not make; its archive copy was the only one, and a purge deleted it while the replay
+    // of node-b's queue waited for that queue to reach the archive host
+    let (s, mut o, ctx) = purgeable_archive();
+    assert!(
+        plan(&s, &o, now(), &ctx)
+            .actions()
+            .iter()
+            .any(|a| matches!(a.kind, ActionKind::PurgeArchive { .. })),
+        "the setup must purge"
+    );
+    let entry = |id: &str, rcpt: &str| crate::model::QueueEntry {
+        queue_name: "deferred".into(),
+        queue_id: id.into(),
+        arrival_time: now(),
+        message_size: 1,
+        forced_expire: false,
+        sender: "s@x.org".into(),
+        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
+    };
+    o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
+        settings: BTreeMap::new(),
+        queue: vec![
+            // delivered to the archive already, the local delivery stale
+            entry("Q1", "u1@students.lab"),
+            // its archive copy still on its way: the replay waits for it
+            crate::model::QueueEntry {
+                recipients: [
+                    crate::model::QueueRecipient::to("u2@students.lab"),
+                    crate::model::QueueRecipient::to("u2=students.lab@archive.lab"),
+                ]
+                .into(),
+                ..entry("Q2", "")
+            },
+        ],
+        files: BTreeMap::new(),
+    });
+    let p = plan(&s, &o, now(), &ctx);
+    let text = render::text(&p, Some(&s));
+    assert!(
+        p.id_of("node-b:flush_queue:queue").is_some(),
+        "no hand-over of node-b's queue:\n{text}"
+    );
+    assert!(
+        !p.actions().iter().any(|a| matches!(
+            &a.kind,
+            ActionKind::PurgeArchive { instance, .. } if instance == "students"
+        )),
+        "a purge while node-b's mail waits to be replayed:\n{text}"
+    );
+}
+
+#[test]
+fn a_large_archive_purge_is_planned_in_ordered_batches_of_every_provable_copy() {
+    let batch = super::archiving::PURGE_BATCH;
+    let n = 2 * batch + 1;
+    let (s, o, ctx) = purgeable_archive();
     let p = plan(&s, &o, now(), &ctx);
     assert!(p.check(&s).is_empty(), "{:?}", p.check(&s));
     let purges: Vec<(&str, &[crate::model::QueueId])> = p
