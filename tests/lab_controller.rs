@@ -88,6 +88,19 @@ struct Ctl {
 }
 
 impl Ctl {
+    /// Wait until the controller reloaded an edited spec.
+    fn wait_reload(&self) {
+        assert!(
+            eventually(Duration::from_secs(30), || self
+                .log()
+                .contains("spec changed")
+                .then_some(()))
+            .is_some(),
+            "the edited spec was not loaded:\n{}",
+            self.log()
+        );
+    }
+
     fn start(state: &Path, specs: &Path, name: &str) -> Ctl {
         let port = free_port();
         let log = state.parent().unwrap().join(format!("{name}.log"));
@@ -286,15 +299,7 @@ fn the_controller_keeps_the_schedule_and_its_metrics_agree_with_status() {
         turns_and_tail(&ctl.log())
     );
     let spec = fast_spec(&specs, "node-a");
-    assert!(
-        eventually(Duration::from_secs(30), || ctl
-            .log()
-            .contains("spec changed")
-            .then_some(()))
-        .is_some(),
-        "the fast schedule was not loaded:\n{}",
-        ctl.log()
-    );
+    ctl.wait_reload();
 
     // --- mail at 4 msg/s for 60 s; the schedule keeps running
     let t0 = jiff::Timestamp::now();
@@ -606,15 +611,7 @@ fn a_cut_node_grows_the_backoff_and_controllers_never_act_at_once() {
         turns_and_tail(&ctl.log())
     );
     fast_spec(&specs, "node-a");
-    assert!(
-        eventually(Duration::from_secs(30), || ctl
-            .log()
-            .contains("spec changed")
-            .then_some(()))
-        .is_some(),
-        "the fast schedule was not loaded:\n{}",
-        ctl.log()
-    );
+    ctl.wait_reload();
 
     // --- node-b cut: consecutive failures and the backoff grow; the active keeps its
     // snapshots; after the heal both reset

@@ -212,31 +212,10 @@ async fn wait_delivered(
     instance: &str,
     domains: &[String],
 ) -> Result<(), ActionError> {
-    let until = std::time::Instant::now() + WAIT_DELIVERED;
-    loop {
-        let out = host
-            .run(argv)
-            .await
-            .map_err(|e| ActionError::transport(host.label(), &e))?;
-        if !out.success() {
-            return Err(exit_error(host, argv, &out));
-        }
-        let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
-            .map_err(|e| format!("postqueue -j on {}: {e}", host.label()))?;
-        let pending = crate::decide::restore::spool_pending(&queue, domains).len();
-        if pending == 0 {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= until {
-            return Err(ActionError::StillQueued {
-                host: host.label().to_owned(),
-                instance: instance.to_owned(),
-                pending,
-                secs: WAIT_DELIVERED.as_secs(),
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    wait_queue(host, argv, instance, |q| {
+        crate::decide::restore::spool_pending(q, domains).len()
+    })
+    .await
 }
 
 /// Poll the host's queue until none of `ids` still holds a recipient at the archive domain
@@ -250,6 +229,21 @@ async fn wait_archived(
     archive_domain: &str,
     ids: &[crate::model::QueueId],
 ) -> Result<(), ActionError> {
+    let what = format!("{instance} (archive copies)");
+    wait_queue(host, argv, &what, |q| {
+        still_archiving(q, archive_domain, ids)
+    })
+    .await
+}
+
+/// Poll the queue listing (`argv`, `postqueue -j`) every 250 ms until `pending` counts
+/// nothing in it, for [`WAIT_DELIVERED`] at most.
+async fn wait_queue(
+    host: &Host,
+    argv: &[String],
+    what: &str,
+    pending: impl Fn(&[crate::model::QueueEntry]) -> usize,
+) -> Result<(), ActionError> {
     let until = std::time::Instant::now() + WAIT_DELIVERED;
     loop {
         let out = host
@@ -261,15 +255,15 @@ async fn wait_archived(
         }
         let queue = crate::adapters::postfix::parse_postqueue(&out.stdout_text())
             .map_err(|e| format!("postqueue -j on {}: {e}", host.label()))?;
-        let pending = still_archiving(&queue, archive_domain, ids);
-        if pending == 0 {
+        let left = pending(&queue);
+        if left == 0 {
             return Ok(());
         }
         if std::time::Instant::now() >= until {
             return Err(ActionError::StillQueued {
                 host: host.label().to_owned(),
-                instance: format!("{instance} (archive copies)"),
-                pending,
+                instance: what.to_owned(),
+                pending: left,
                 secs: WAIT_DELIVERED.as_secs(),
             });
         }

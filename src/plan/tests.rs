@@ -157,6 +157,19 @@ fn converged() -> Observation {
     obs(vec![("node-a", a), ("node-b", b), ("node-c", c)])
 }
 
+/// A deferred queue entry for one recipient, accepted now.
+fn deferred(id: &str, rcpt: &str) -> crate::model::QueueEntry {
+    crate::model::QueueEntry {
+        queue_name: "deferred".into(),
+        queue_id: id.into(),
+        arrival_time: now(),
+        message_size: 1,
+        forced_expire: false,
+        sender: "s@x.org".into(),
+        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
+    }
+}
+
 fn kinds(p: &Plan) -> Vec<String> {
     p.actions().iter().map(|a| a.id.clone()).collect()
 }
@@ -1430,21 +1443,12 @@ fn deliveries_queued_on_a_promoted_replica_are_replaced_by_a_replay_of_every_hel
     );
     let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
     let mut o = lost_active(false);
-    let queued = |id: &str, rcpt: &str| crate::model::QueueEntry {
-        queue_name: "deferred".into(),
-        queue_id: id.into(),
-        arrival_time: now(),
-        message_size: 1,
-        forced_expire: false,
-        sender: "s@x.org".into(),
-        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
-    };
     o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
         settings: BTreeMap::new(),
         queue: vec![
-            queued("Q1", "u1@students.lab"),
+            deferred("Q1", "u1@students.lab"),
             // an archive copy still on its way is not a local delivery: handed over, not dropped
-            queued("Q2", "u1=students.lab@archive.lab"),
+            deferred("Q2", "u1=students.lab@archive.lab"),
         ],
         files: BTreeMap::new(),
     });
@@ -1506,24 +1510,15 @@ fn an_owed_replay_waits_for_the_archive_copies_still_queued_on_a_reachable_spool
         "  archive: { ssh: { host: arch }, address: \"{local}={domain}@archive.lab\" }\n",
     );
     let s = spec::parse(Path::new("t.yaml"), text.as_bytes()).unwrap();
-    let entry = |id: &str, rcpt: &str| crate::model::QueueEntry {
-        queue_name: "deferred".into(),
-        queue_id: id.into(),
-        arrival_time: now(),
-        message_size: 1,
-        forced_expire: false,
-        sender: "s@x.org".into(),
-        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
-    };
     let observed = |archive_up: bool| {
         let mut o = lost_active(false);
         o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
             settings: BTreeMap::new(),
             queue: vec![
-                entry("Q2", "u1=students.lab@archive.lab"),
+                deferred("Q2", "u1=students.lab@archive.lab"),
                 // another instance's copy, and outside mail: not this replay's business
-                entry("Q3", "u1=other.lab@archive.lab"),
-                entry("Q4", "x@elsewhere.org"),
+                deferred("Q3", "u1=other.lab@archive.lab"),
+                deferred("Q4", "x@elsewhere.org"),
             ],
             files: BTreeMap::new(),
         });
@@ -2138,20 +2133,11 @@ fn no_purge_while_a_passive_queue_waits_to_be_handed_over() {
             .any(|a| matches!(a.kind, ActionKind::PurgeArchive { .. })),
         "the setup must purge"
     );
-    let entry = |id: &str, rcpt: &str| crate::model::QueueEntry {
-        queue_name: "deferred".into(),
-        queue_id: id.into(),
-        arrival_time: now(),
-        message_size: 1,
-        forced_expire: false,
-        sender: "s@x.org".into(),
-        recipients: [crate::model::QueueRecipient::to(rcpt)].into(),
-    };
     o.nodes.get_mut("node-b").unwrap().postfix = Some(crate::model::PostfixObservation {
         settings: BTreeMap::new(),
         queue: vec![
             // delivered to the archive already, the local delivery stale
-            entry("Q1", "u1@students.lab"),
+            deferred("Q1", "u1@students.lab"),
             // its archive copy still on its way: the replay waits for it
             crate::model::QueueEntry {
                 recipients: [
@@ -2159,7 +2145,7 @@ fn no_purge_while_a_passive_queue_waits_to_be_handed_over() {
                     crate::model::QueueRecipient::to("u2=students.lab@archive.lab"),
                 ]
                 .into(),
-                ..entry("Q2", "")
+                ..deferred("Q2", "")
             },
         ],
         files: BTreeMap::new(),
